@@ -1,0 +1,1 @@
+"""DeepLab semantic segmentation in JAX/Flax."""

@@ -1,0 +1,143 @@
+"""tf.data input: a deterministic global example order, read per host, batched per host.
+
+The training stream is a function of (seed, step) alone: epoch e visits the examples in
+the permutation drawn from (seed, e), global batch s holds stream positions
+[s * B, (s + 1) * B), and process p reads only its rows [p * B/P, (p + 1) * B/P) of each
+batch from the prepared data source. Each example's augmentation is drawn from
+(seed, stream position). So a resumed run sees exactly the batches an uninterrupted run
+would have, and 1 process or N processes train on the same global batches.
+
+Evaluation splits the examples into one contiguous slice per host and pads every host to
+the same number of batches with masked examples: nothing is dropped.
+"""
+
+import functools
+import math
+from typing import Dict, Iterator, Tuple
+
+import jax
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from deeplab_jax.data import Dataset
+from deeplab_jax.data import preprocess
+from deeplab_jax.errors import UserError
+
+Batch = Dict[str, np.ndarray]
+_ENCODED = {'image': tfds.decode.SkipDecoding(), 'label': tfds.decode.SkipDecoding()}
+
+
+def train_spec(data_config) -> str:
+  """The preprocessing spec of training, from the config's augmentation fields."""
+  c = data_config
+  h, w = c.crop_size
+  ops = []
+  if c.image_scale != 1.0:
+    ops.append(f'scale({c.image_scale})')
+  if (c.min_scale, c.max_scale) != (1.0, 1.0):
+    ops.append(f'random_scale({c.min_scale}, {c.max_scale})')
+  ops += [f'normalize({tuple(c.mean)}, {tuple(c.std)})', f'pad_to({h}, {w})',
+          f'random_crop({h}, {w})']
+  if c.flip:
+    ops.append('flip_lr')
+  return '|'.join(ops)
+
+
+def eval_spec(config) -> str:
+  h, w = config.eval.image_size
+  return f'normalize({tuple(config.data.mean)}, {tuple(config.data.std)})|pad_to({h}, {w})'
+
+
+def _decode(image_bytes, label_bytes):
+  image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+  label = tf.io.decode_png(label_bytes, channels=1)
+  return {'image': tf.cast(image, tf.float32), 'label': tf.cast(label, tf.int32)}
+
+
+def _local_batch_size(global_batch: int, field: str) -> int:
+  if global_batch % jax.process_count():
+    raise UserError(f'{field}={global_batch} is not divisible by the process count '
+                    f'{jax.process_count()}.')
+  return global_batch // jax.process_count()
+
+
+def train_batches(dataset: Dataset, config, start_step: int) -> Iterator[Batch]:
+  """Host-local training batches {'image', 'label'} for steps start_step, start_step + 1, ..."""
+  split = config.data.train_split
+  dataset.check_split(split, 'data.train_split')
+  source = dataset.builder.as_data_source(split, decoders=_ENCODED)
+  n, seed = len(source), config.seed
+  global_batch = config.train.batch_size
+  local_batch = _local_batch_size(global_batch, 'train.batch_size')
+  process = jax.process_index()
+
+  @functools.lru_cache(maxsize=2)
+  def permutation(epoch):
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+  def fetch(i):
+    step, row = divmod(int(i), local_batch)
+    position = step * global_batch + process * local_batch + row
+    epoch, k = divmod(position, n)
+    example = source[int(permutation(epoch)[k])]
+    return example['image'], example['label'], np.int64(position)
+
+  augment = preprocess.build(train_spec(config.data), ignore_label=dataset.ignore_label)
+
+  def process_example(image_bytes, label_bytes, position):
+    example = augment(_decode(image_bytes, label_bytes),
+                      tf.stack([tf.constant(seed, tf.int64), position]))
+    return {'image': example['image'], 'label': example['label'][..., 0]}
+
+  ds = tf.data.Dataset.range(start_step * local_batch, 2**62)
+  ds = ds.map(lambda i: tf.numpy_function(fetch, [i], (tf.string, tf.string, tf.int64)))
+  ds = ds.map(process_example, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.batch(local_batch, drop_remainder=True).prefetch(2)
+  return ds.as_numpy_iterator()
+
+
+def eval_batches(dataset: Dataset, config, split: str) -> Tuple[Iterator[Batch], int]:
+  """Host-local eval batches {'image', 'label', 'mask'} and their number (same on every host)."""
+  dataset.check_split(split, 'eval.split')
+  source = dataset.builder.as_data_source(split, decoders=_ENCODED)
+  n = len(source)
+  local_batch = _local_batch_size(config.eval.batch_size, 'eval.batch_size')
+  per_host = math.ceil(n / jax.process_count())
+  num_batches = math.ceil(per_host / local_batch)
+  first = jax.process_index() * per_host
+  height, width = config.eval.image_size
+
+  def fetch(k):
+    index = first + int(k)
+    valid = int(k) < per_host and index < n
+    example = source[min(index, n - 1)]
+    return example['image'], example['label'], example['name'], valid
+
+  pad = preprocess.build(eval_spec(config), ignore_label=dataset.ignore_label)
+
+  def process_example(image_bytes, label_bytes, name, valid):
+    example = _decode(image_bytes, label_bytes)
+    size = tf.shape(example['image'])[:2]
+    check = tf.debugging.assert_less_equal(
+        size, tf.constant([height, width]),
+        message=tf.strings.format('eval image {} is larger than eval.image_size', name))
+    with tf.control_dependencies([check]):
+      example = pad(example, tf.constant([0, 0], tf.int64))
+    return {'image': example['image'], 'label': example['label'][..., 0], 'mask': valid}
+
+  ds = tf.data.Dataset.range(num_batches * local_batch)
+  ds = ds.map(lambda k: tf.numpy_function(fetch, [k], (tf.string, tf.string, tf.string, tf.bool)))
+  ds = ds.map(process_example, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.batch(local_batch).prefetch(2)
+
+  def iterate():
+    try:
+      yield from ds.as_numpy_iterator()
+    except tf.errors.InvalidArgumentError as e:
+      if 'eval.image_size' in e.message:
+        first_line = next(l for l in e.message.splitlines() if 'eval.image_size' in l)
+        raise UserError(f'{first_line.strip()} {tuple(config.eval.image_size)}; raise '
+                        'eval.image_size to the largest image of the split.') from None
+      raise
+  return iterate(), num_batches

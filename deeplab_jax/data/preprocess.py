@@ -1,0 +1,132 @@
+"""Joint image/label preprocessing ops, registered by name and composed from a spec string.
+
+A spec is `op(args)|op(args)|...`, for example
+`random_scale(0.5, 2.0)|normalize|pad_to(513, 513)|random_crop(513, 513)|flip_lr`.
+An example is a dict with `image` (float32 [H, W, 3], 0..255 until normalised) and `label`
+(int32 [H, W, 1]). Random ops are stateless: each takes its own seed split from the
+example's seed, and the image and the label always share one draw. Labels are resized by
+nearest neighbour and padded with the ignore label.
+"""
+
+import ast
+from typing import Callable, Dict, List, Tuple
+
+import tensorflow as tf
+
+from deeplab_jax.errors import UserError
+
+Example = Dict[str, tf.Tensor]
+Op = Callable[[Example, tf.Tensor], Example]
+OPS: Dict[str, Callable[..., Op]] = {}
+
+
+def register(name: str):
+  def wrap(factory):
+    OPS[name] = factory
+    return factory
+  return wrap
+
+
+def _resize(example: Example, size) -> Example:
+  size = tf.cast(size, tf.int32)
+  out = dict(example)
+  out['image'] = tf.image.resize(example['image'], size, method='bilinear')
+  out['label'] = tf.image.resize(example['label'], size, method='nearest')
+  return out
+
+
+def _scaled_size(image, factor):
+  hw = tf.cast(tf.shape(image)[:2], tf.float32)
+  return tf.maximum(tf.cast(tf.round(hw * factor), tf.int32), 1)
+
+
+@register('scale')
+def scale(factor: float, **_) -> Op:
+  """Resizes image and label by a fixed factor."""
+  return lambda ex, seed: _resize(ex, _scaled_size(ex['image'], factor))
+
+
+@register('random_scale')
+def random_scale(min_scale: float, max_scale: float, **_) -> Op:
+  """Resizes image and label by one factor drawn uniformly from [min_scale, max_scale]."""
+  def op(ex, seed):
+    factor = tf.random.stateless_uniform([], seed, min_scale, max_scale)
+    return _resize(ex, _scaled_size(ex['image'], factor))
+  return op
+
+
+@register('normalize')
+def normalize(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), **_) -> Op:
+  """(image - mean) / std per RGB channel."""
+  def op(ex, seed):
+    del seed
+    return {**ex, 'image': (ex['image'] - tf.constant(mean)) / tf.constant(std)}
+  return op
+
+
+@register('pad_to')
+def pad_to(height: int, width: int, *, ignore_label: int, **_) -> Op:
+  """Pads bottom/right to at least height x width: image with 0, label with the ignore label."""
+  def op(ex, seed):
+    del seed
+    shape = tf.shape(ex['image'])
+    pads = [[0, tf.maximum(height - shape[0], 0)], [0, tf.maximum(width - shape[1], 0)], [0, 0]]
+    return {**ex, 'image': tf.pad(ex['image'], pads),
+            'label': tf.pad(ex['label'], pads, constant_values=ignore_label)}
+  return op
+
+
+@register('random_crop')
+def random_crop(height: int, width: int, **_) -> Op:
+  """One random height x width window of image and label (pad first if they may be smaller)."""
+  def op(ex, seed):
+    shape = tf.shape(ex['image'])
+    seeds = tf.random.experimental.stateless_split(seed, 2)
+    top = tf.random.stateless_uniform([], seeds[0], 0, shape[0] - height + 1, dtype=tf.int32)
+    left = tf.random.stateless_uniform([], seeds[1], 0, shape[1] - width + 1, dtype=tf.int32)
+    crop = lambda x: x[top:top + height, left:left + width]
+    image, label = crop(ex['image']), crop(ex['label'])
+    image.set_shape([height, width, 3])
+    label.set_shape([height, width, 1])
+    return {**ex, 'image': image, 'label': label}
+  return op
+
+
+@register('flip_lr')
+def flip_lr(probability: float = 0.5, **_) -> Op:
+  """Flips image and label left-right together with the given probability."""
+  def op(ex, seed):
+    flip = tf.random.stateless_uniform([], seed) < probability
+    maybe = lambda x: tf.cond(flip, lambda: tf.reverse(x, [1]), lambda: x)
+    return {**ex, 'image': maybe(ex['image']), 'label': maybe(ex['label'])}
+  return op
+
+
+def parse(spec: str) -> List[Tuple[str, tuple]]:
+  """'a(1, 2)|b' -> [('a', (1, 2)), ('b', ())], with an error naming an unknown op."""
+  ops = []
+  for part in filter(None, (p.strip() for p in spec.split('|'))):
+    name, _, rest = part.partition('(')
+    name = name.strip()
+    if name not in OPS:
+      raise UserError(f'preprocessing op {name!r} in {spec!r} is not one of {sorted(OPS)}.')
+    args = ()
+    if rest:
+      try:
+        args = ast.literal_eval('(' + rest.rstrip()[:-1] + ',)') if rest.strip() != ')' else ()
+      except (SyntaxError, ValueError) as e:
+        raise UserError(f'preprocessing op {part!r}: cannot read its arguments ({e}).') from None
+    ops.append((name, args))
+  return ops
+
+
+def build(spec: str, *, ignore_label: int) -> Op:
+  """One function (example, seed) -> example applying the ops of `spec` in order."""
+  ops = [OPS[name](*args, ignore_label=ignore_label) for name, args in parse(spec)]
+
+  def apply(example, seed):
+    seeds = tf.random.experimental.stateless_split(seed, max(len(ops), 1))
+    for i, op in enumerate(ops):
+      example = op(example, seeds[i])
+    return example
+  return apply

@@ -1,0 +1,1 @@
+"""DeepLab models: backbones, context modules, decoders and their assembly."""

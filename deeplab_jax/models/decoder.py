@@ -1,0 +1,27 @@
+"""The DeepLab v3+ decoder (v3+ paper, section 3.1)."""
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from deeplab_jax.models import layers
+
+
+class Decoder(nn.Module):
+  """Low-level features -> 1x1 conv (48); encoder output upsampled to their size and
+  concatenated; two 3x3 convs of `features` channels."""
+  low_level_features: int = 48
+  features: int = 256
+  norm: Any = nn.BatchNorm
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, low_level):
+    conv = functools.partial(layers.ConvBN, norm=self.norm, dtype=self.dtype)
+    low_level = conv(self.low_level_features, 1, name='low_level_projection')(low_level)
+    x = layers.resize_bilinear(x, low_level.shape[1:3]).astype(low_level.dtype)
+    x = jnp.concatenate([x, low_level], axis=-1)
+    x = conv(self.features, 3, name='conv1')(x)
+    return conv(self.features, 3, name='conv2')(x)

@@ -1,0 +1,68 @@
+"""Building blocks shared by the backbones and heads: atrous conv + BatchNorm + ReLU."""
+
+import functools
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from deeplab_jax.errors import UserError
+
+ModuleDef = Any
+
+
+def scaled(channels: int, width_multiplier: float, minimum: int = 8) -> int:
+  """Channels after the width multiplier, never below `minimum`."""
+  return max(minimum, int(round(channels * width_multiplier)))
+
+
+def atrous_padding(kernel_size: int, rate: int):
+  """Symmetric padding that keeps the size of a stride-1 atrous conv.
+
+  k_eff = k + (k - 1)(r - 1), so each side needs (k_eff - 1) / 2. This equals
+  PyTorch's `padding=rate` for 3x3 convs, which keeps weight imports exact.
+  """
+  pad = (kernel_size - 1) * rate // 2
+  return ((pad, pad), (pad, pad))
+
+
+class ConvBN(nn.Module):
+  """Atrous conv -> BatchNorm -> optional ReLU."""
+  features: int
+  kernel_size: int = 3
+  strides: int = 1
+  rate: int = 1
+  relu: bool = True
+  norm: ModuleDef = nn.BatchNorm
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Conv(self.features, (self.kernel_size, self.kernel_size),
+                strides=(self.strides, self.strides),
+                padding=atrous_padding(self.kernel_size, self.rate),
+                kernel_dilation=(self.rate, self.rate), use_bias=False,
+                dtype=self.dtype, name='conv')(x)
+    x = self.norm(name='bn')(x)
+    return nn.relu(x) if self.relu else x
+
+
+def resize_bilinear(x: jax.Array, size: Sequence[int]) -> jax.Array:
+  """Bilinear resize of NHWC features to spatial `size` (half-pixel centres)."""
+  if tuple(x.shape[1:3]) == tuple(size):
+    return x
+  return jax.image.resize(x, (x.shape[0], *size, x.shape[-1]), method='bilinear')
+
+
+def check_rates(rates: Sequence[int], what: str) -> None:
+  for r in rates:
+    if not isinstance(r, int) or r < 1:
+      raise UserError(f'{what}={tuple(rates)} has rate {r!r}; atrous rates must be integers >= 1.')
+
+
+def make_norm(train: bool, momentum: float, epsilon: float, dtype: Any) -> Callable[..., nn.Module]:
+  """BatchNorm whose statistics are means over the whole (global, sharded) batch."""
+  return functools.partial(nn.BatchNorm, use_running_average=not train, momentum=momentum,
+                           epsilon=epsilon, dtype=dtype)
+
