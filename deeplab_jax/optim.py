@@ -1,0 +1,48 @@
+"""The optax chain: poly schedule with linear warmup, SGD momentum, masked weight decay."""
+
+import re
+
+import flax
+import optax
+
+from deeplab_jax.errors import UserError
+
+
+def learning_rate_schedule(optim_config, num_steps: int) -> optax.Schedule:
+  """Linear warmup to lr0, then lr0 * (1 - t / T) ** power down to end_learning_rate."""
+  c = optim_config
+  if not 0 <= c.warmup_steps < num_steps:
+    raise UserError(f'optim.warmup_steps={c.warmup_steps} must be in [0, train.num_steps='
+                    f'{num_steps}).')
+  poly = optax.polynomial_schedule(c.learning_rate, c.end_learning_rate, c.power,
+                                   transition_steps=num_steps - c.warmup_steps)
+  if not c.warmup_steps:
+    return poly
+  warmup = optax.linear_schedule(0.0, c.learning_rate, c.warmup_steps)
+  return optax.join_schedules([warmup, poly], [c.warmup_steps])
+
+
+def weight_decay_mask(params, pattern: str):
+  """True for the parameters whose 'a/b/name' path matches `pattern` (full match)."""
+  try:
+    regex = re.compile(pattern)
+  except re.error as e:
+    raise UserError(f'optim.weight_decay_pattern={pattern!r} is not a regex ({e}).') from None
+  flat = flax.traverse_util.flatten_dict(params, sep='/')
+  mask = {k: bool(regex.fullmatch(k)) for k in flat}
+  return flax.traverse_util.unflatten_dict(mask, sep='/')
+
+
+def make_optimizer(optim_config, num_steps: int) -> optax.GradientTransformation:
+  """SGD with momentum on the poly schedule; L2 weight decay added to the masked gradients."""
+  c = optim_config
+  chain = []
+  if c.grad_clip_norm:
+    chain.append(optax.clip_by_global_norm(c.grad_clip_norm))
+  if c.weight_decay:
+    chain.append(optax.add_decayed_weights(
+        c.weight_decay, mask=lambda p: weight_decay_mask(p, c.weight_decay_pattern)))
+  chain.append(optax.sgd(learning_rate_schedule(c, num_steps), momentum=c.momentum or None,
+                         nesterov=c.nesterov))
+  return optax.chain(*chain)
+

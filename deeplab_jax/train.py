@@ -1,0 +1,227 @@
+"""Training and evaluation: train_and_evaluate(config, workdir) and evaluate_checkpoint(...)."""
+
+import difflib
+from typing import Any
+
+from absl import logging
+from clu import metric_writers
+from clu import periodic_actions
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tensorflow as tf
+
+from configs import common
+from deeplab_jax import checkpointing
+from deeplab_jax import data
+from deeplab_jax import evaluate as evaluate_lib
+from deeplab_jax import losses
+from deeplab_jax import optim
+from deeplab_jax import sharding
+from deeplab_jax.data import input_pipeline
+from deeplab_jax.errors import UserError
+from deeplab_jax.models import deeplab
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+
+# --------------------------------------------------------------------------- config checks
+
+
+def _flat_keys(config, prefix=''):
+  keys = set()
+  for k, v in config.items():
+    if hasattr(v, 'items'):
+      keys |= _flat_keys(v, f'{prefix}{k}.')
+    keys.add(f'{prefix}{k}')
+  return keys
+
+
+def validate_config(config) -> None:
+  """One-line errors for unknown fields and impossible settings, before anything is built."""
+  known = _flat_keys(common.get_base_config())
+  for key in sorted(_flat_keys(config) - known):
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f'; did you mean {close[0]!r}?' if close else ''
+    raise UserError(f'unknown config field {key!r}{hint}')
+  stride = config.model.output_stride
+  for field, size in (('data.crop_size', config.data.crop_size),
+                      ('eval.image_size', config.eval.image_size)):
+    if len(size) != 2 or min(size) < stride:
+      raise UserError(f'{field}={tuple(size)} is smaller than model.output_stride={stride}; '
+                      f'each side must be at least {stride}.')
+  if not 0 < config.data.min_scale <= config.data.max_scale:
+    raise UserError(f'data.min_scale={config.data.min_scale}, data.max_scale='
+                    f'{config.data.max_scale}: need 0 < min_scale <= max_scale.')
+  if config.train.num_steps < 1:
+    raise UserError(f'train.num_steps={config.train.num_steps} must be at least 1.')
+
+
+# --------------------------------------------------------------------------- state and steps
+
+
+def create_train_state(model, tx, config, mesh, rng):
+  """Initialises the state straight into its (replicated) sharding; returns (state, abstract)."""
+  h, w = config.data.crop_size
+
+  def init(rng):
+    variables = model.init({'params': rng, 'dropout': rng}, jnp.zeros((1, h, w, 3)), train=False)
+    params = variables['params']
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(params))
+
+  shapes = jax.eval_shape(init, rng)
+  shardings = jax.tree.map(lambda _: sharding.replicated(mesh), shapes)
+  abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                          shapes, shardings)
+  return jax.jit(init, out_shardings=shardings), abstract, shardings
+
+
+def make_train_step(model, tx, schedule, ignore_label: int):
+  """One SGD step on a global batch; BatchNorm statistics are over the whole global batch."""
+  def train_step(state, batch, rng):
+    dropout_rng = jax.random.fold_in(rng, state.step)
+
+    def loss_fn(params):
+      logits, updates = model.apply(
+          {'params': params, 'batch_stats': state.batch_stats}, batch['image'], train=True,
+          mutable=['batch_stats'], rngs={'dropout': dropout_rng})
+      loss, count = losses.pixel_cross_entropy(logits, batch['label'], ignore_label)
+      return loss, (updates['batch_stats'], count)
+
+    (loss, (batch_stats, count)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                              batch_stats=batch_stats, opt_state=opt_state)
+    return new_state, {'loss': loss, 'grad_norm': optax.global_norm(grads),
+                       'learning_rate': schedule(state.step), 'labelled_pixels': count}
+  return train_step
+
+
+class NonFiniteLossError(RuntimeError):
+  pass
+
+
+def _check_finite(pending, last_checkpoint, workdir):
+  """Fetches the pending step metrics; raises if any loss or gradient is not finite."""
+  fetched = jax.device_get(pending)
+  for step, m in fetched:
+    if not (np.isfinite(m['loss']) and np.isfinite(m['grad_norm'])):
+      where = (f'the last good checkpoint (step {last_checkpoint}) in {workdir}/checkpoints '
+               'is intact' if last_checkpoint is not None else 'no checkpoint was written')
+      raise NonFiniteLossError(
+          f'non-finite loss {float(m["loss"])} (gradient norm {float(m["grad_norm"])}) at step '
+          f'{step}; stopping: {where}. Lower optim.learning_rate or set optim.grad_clip_norm.')
+  return fetched
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+class _Setup:
+  """Everything train and eval share: mesh, data, model, optimizer, state, checkpoints."""
+
+  def __init__(self, config, workdir):
+    tf.config.set_visible_devices([], 'GPU')  # tf.data only; accelerators are JAX's.
+    validate_config(config)
+    self.mesh = sharding.make_mesh(config.mesh)
+    sharding.check_batch_size(self.mesh, config.train.batch_size, 'train.batch_size')
+    sharding.check_batch_size(self.mesh, config.eval.batch_size, 'eval.batch_size')
+    self.dataset = data.get_dataset(config.data)
+    self.model = deeplab.build_model(config.model, self.dataset.num_classes)
+    self.schedule = optim.learning_rate_schedule(config.optim, config.train.num_steps)
+    self.tx = optim.make_optimizer(config.optim, config.train.num_steps)
+    self.rng = jax.random.key(config.seed)
+    init, self.abstract_state, self.state_shardings = create_train_state(
+        self.model, self.tx, config, self.mesh, self.rng)
+    self.manager = checkpointing.make_manager(workdir, config.train.keep_checkpoints)
+    latest = self.manager.latest_step()
+    if latest is not None:
+      logging.info('Resuming from %s/checkpoints step %d.', workdir, latest)
+      self.state = checkpointing.restore(self.manager, latest, self.abstract_state)
+    else:
+      self.state = init(self.rng)
+    self.latest_checkpoint = latest
+    self.writer = metric_writers.create_default_writer(
+        workdir, just_logging=jax.process_index() > 0)
+    eval_step = evaluate_lib.make_eval_step(self.model, self.dataset.num_classes,
+                                            config.eval.input_scale)
+    self.eval_step = jax.jit(eval_step, out_shardings=sharding.replicated(self.mesh))
+    params = sum(x.size for x in jax.tree.leaves(self.abstract_state.params))
+    logging.info('Model %s/%s OS%d: %d parameters; mesh %s.', config.model.name,
+                 config.model.backbone.name, config.model.output_stride, params,
+                 dict(self.mesh.shape))
+
+  def evaluate(self, config, workdir, step):
+    result = evaluate_lib.evaluate(config, self.state, self.eval_step, self.dataset, self.mesh,
+                                   self.writer, workdir, step)
+    logging.info('Step %d %s: mIoU %.4f, pixel accuracy %.4f.', step, config.eval.split,
+                 result['miou'], result['pixel_accuracy'])
+    return result
+
+
+def evaluate_checkpoint(config, workdir: str):
+  """Evaluates the workdir's latest checkpoint once on config.eval.split."""
+  setup = _Setup(config, workdir)
+  if setup.latest_checkpoint is None:
+    raise UserError(f'--mode=eval: no checkpoint in {workdir}/checkpoints to evaluate.')
+  result = setup.evaluate(config, workdir, setup.latest_checkpoint)
+  setup.writer.flush()
+  return result
+
+
+def train_and_evaluate(config, workdir: str):
+  """Trains from the workdir's latest checkpoint (or from scratch), evaluating periodically."""
+  setup = _Setup(config, workdir)
+  num_steps = config.train.num_steps
+  start = int(jax.device_get(setup.state.step))
+  train_step = jax.jit(
+      make_train_step(setup.model, setup.tx, setup.schedule, setup.dataset.ignore_label),
+      in_shardings=(setup.state_shardings, None, sharding.replicated(setup.mesh)),
+      out_shardings=(setup.state_shardings, sharding.replicated(setup.mesh)),
+      donate_argnums=0)
+  if start >= num_steps:
+    logging.info('Training already finished at step %d.', start)
+    if start not in evaluate_lib.last_eval_steps(workdir, config.eval.split):
+      setup.evaluate(config, workdir, start)
+    return setup.state
+
+  batches = input_pipeline.train_batches(setup.dataset, config, start_step=start)
+  report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=setup.writer,
+                                           every_steps=config.train.log_every_steps)
+  state, pending, last_checkpoint = setup.state, [], setup.latest_checkpoint
+  setup.writer.write_hparams({k: str(v) for k, v in config.items()})
+  logging.info('Training steps %d..%d.', start + 1, num_steps)
+  try:
+    for step in range(start + 1, num_steps + 1):
+      with jax.profiler.StepTraceAnnotation('train', step_num=step):
+        batch = sharding.to_global(setup.mesh, next(batches))
+        state, step_metrics = train_step(state, batch, setup.rng)
+      pending.append((step, step_metrics))
+      report(step)
+      last = step == num_steps
+      checkpoint_now = step % config.train.checkpoint_every_steps == 0 or last
+      if step % config.train.log_every_steps == 0 or checkpoint_now:
+        fetched = _check_finite(pending, last_checkpoint, workdir)
+        pending = []
+        mean = {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[0][1]}
+        setup.writer.write_scalars(step, {f'train/{k}': v for k, v in mean.items()})
+      if checkpoint_now:
+        checkpointing.save(setup.manager, step, state)
+        last_checkpoint = step
+      if step % config.train.eval_every_steps == 0 or last:
+        setup.state = state
+        setup.evaluate(config, workdir, step)
+  finally:
+    setup.manager.wait_until_finished()
+    setup.writer.flush()
+  return state
+

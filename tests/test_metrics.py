@@ -1,0 +1,49 @@
+"""mIoU from the confusion matrix against an independent numpy computation."""
+
+import jax.numpy as jnp
+import numpy as np
+
+from deeplab_jax import losses
+from deeplab_jax import metrics
+
+
+def numpy_miou(labels, predictions, num_classes, ignore_label):
+  """Per-class IoU by counting pixels directly, skipping ignored pixels and absent classes."""
+  keep = labels != ignore_label
+  labels, predictions = labels[keep], predictions[keep]
+  ious = []
+  for c in range(num_classes):
+    intersection = np.sum((labels == c) & (predictions == c))
+    union = np.sum((labels == c) | (predictions == c))
+    ious.append(intersection / union if union else np.nan)
+  return np.nanmean(ious), ious, np.mean(labels == predictions)
+
+
+def test_miou_matches_numpy_with_ignore_label_and_mask():
+  rng = np.random.default_rng(0)
+  k, ignore = 6, 255
+  labels = rng.integers(0, k, (4, 13, 17))
+  labels[rng.random(labels.shape) < 0.2] = ignore
+  labels[labels == 4] = 2  # class 4 absent from the ground truth ...
+  predictions = rng.integers(0, k, labels.shape)
+  predictions[predictions == 5] = 0  # ... and class 5 never predicted
+  labels[labels == 5] = 1  # so class 5 occurs nowhere: left out of the mean
+  mask = np.array([1, 1, 1, 0])  # the last example is padding
+  weights = np.broadcast_to(mask[:, None, None], labels.shape)
+  cm = metrics.confusion_matrix(jnp.asarray(labels), jnp.asarray(predictions), k,
+                                jnp.asarray(weights))
+  got = metrics.summarize(np.asarray(cm), [str(i) for i in range(k)])
+  miou, ious, accuracy = numpy_miou(labels[:3], predictions[:3], k, ignore)
+  assert np.isclose(got['miou'], miou)
+  assert np.isclose(got['pixel_accuracy'], accuracy)
+  assert np.isnan(got['per_class_iou']['5']) and got['per_class_iou']['4'] == 0.0
+  np.testing.assert_allclose([got['per_class_iou'][str(i)] for i in range(k)], ious)
+  assert int(np.asarray(cm).sum()) == int(np.sum(labels[:3] != ignore))
+
+
+def test_cross_entropy_ignores_ignore_label():
+  logits = jnp.array([[[[2.0, 0.0], [0.0, 3.0], [5.0, -5.0]]]])  # [1, 1, 3, 2]
+  labels = jnp.array([[[0, 1, 255]]])
+  loss, count = losses.pixel_cross_entropy(logits, labels, 255)
+  expected = np.mean([np.log1p(np.exp(-2.0)), np.log1p(np.exp(-3.0))])
+  assert int(count) == 2 and np.isclose(float(loss), expected, atol=1e-6)

@@ -1,0 +1,116 @@
+"""The real entry point end to end on tiny configs: train, evaluate, resume, fail clearly."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from configs import quickstart
+from deeplab_jax import train
+from deeplab_jax.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def smoke_config(cache_dir, **train_changes):
+  config = quickstart.get_config('smoke')
+  config.data.cache_dir = cache_dir
+  config.eval.num_images_to_write = 2
+  for k, v in train_changes.items():
+    config.train[k] = v
+  return config
+
+
+def read_params(workdir, step):
+  with ocp.CheckpointManager(os.path.join(workdir, 'checkpoints')) as manager:
+    restored = manager.restore(step)
+  return restored['state']['params']
+
+
+def test_train_evaluate_and_resume_identically(tmp_path, cache_dir):
+  # Uninterrupted: 4 steps.
+  full = str(tmp_path / 'full')
+  train.train_and_evaluate(smoke_config(cache_dir), full)
+  rows = [json.loads(l) for l in open(os.path.join(full, 'evals.jsonl'))]
+  assert [r['step'] for r in rows] == [4]
+  row = rows[0]
+  assert row['split'] == 'val' and 0.0 <= row['miou'] <= 1.0 and 0.0 <= row['pixel_accuracy'] <= 1
+  assert set(row['per_class_iou']) == {'background', 'disc', 'box', 'triangle', 'ring'}
+  # Interrupted: stop after 2 steps, then the same command continues to 4.
+  part = str(tmp_path / 'part')
+  train.train_and_evaluate(smoke_config(cache_dir, num_steps=2), part)
+  train.train_and_evaluate(smoke_config(cache_dir), part)
+  a, b = read_params(full, 4), read_params(part, 4)
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+  # Run again after the end: nothing is retrained and no evaluation is repeated.
+  train.train_and_evaluate(smoke_config(cache_dir), part)
+  steps = [json.loads(l)['step'] for l in open(os.path.join(part, 'evals.jsonl'))]
+  assert steps == [2, 4]
+
+
+def test_eval_mode_and_other_split(tmp_path, cache_dir):
+  workdir = str(tmp_path / 'w')
+  with pytest.raises(UserError, match='no checkpoint'):
+    train.evaluate_checkpoint(smoke_config(cache_dir), workdir)
+  train.train_and_evaluate(smoke_config(cache_dir, num_steps=2), workdir)
+  config = smoke_config(cache_dir)
+  config.eval.split = 'train'
+  result = train.evaluate_checkpoint(config, workdir)
+  assert result['step'] == 2 and result['split'] == 'train'
+  config.eval.split = 'test'
+  with pytest.raises(UserError, match=r"eval.split='test' is not a split of this data set"):
+    train.evaluate_checkpoint(config, workdir)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, cache_dir):
+  workdir = str(tmp_path / 'nan')
+  train.train_and_evaluate(smoke_config(cache_dir, num_steps=2), workdir)
+  config = smoke_config(cache_dir)
+  config.optim.learning_rate = 1e30  # diverges at once
+  with pytest.raises(train.NonFiniteLossError, match='last good checkpoint \\(step 2\\)'):
+    train.train_and_evaluate(config, workdir)
+  with ocp.CheckpointManager(os.path.join(workdir, 'checkpoints')) as manager:
+    assert manager.all_steps() == [2]
+  params = read_params(workdir, 2)
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
+
+
+def run_main(*args):
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  return subprocess.run([sys.executable, '-m', 'deeplab_jax.main', *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--config.model.output_stride=12'], 'model.output_stride=12 is not one of (8, 16, 32)'),
+    (['--config.data.crop_size=(8, 8)'], 'data.crop_size=(8, 8) is smaller than model.output_stride=16'),
+    (['--config.data.name=camvid', '--config.data.root=/no/such/folder'],
+     "data.root='/no/such/folder' is not a folder"),
+    (['--config.data.name=cityscapes'], 'the Cityscapes reader is not built yet'),
+])
+def test_bad_settings_give_one_line_errors(tmp_path, cache_dir, args, message):
+  result = run_main('--config=configs/quickstart.py:smoke', f'--workdir={tmp_path}',
+                    f'--config.data.cache_dir={cache_dir}', *args)
+  assert result.returncode != 0
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: ') and message in last, result.stderr[-2000:]
+
+
+def test_unknown_config_key_fails(tmp_path):
+  result = run_main('--config=configs/quickstart.py:smoke', f'--workdir={tmp_path}',
+                    '--config.model.output_strid=8')
+  assert result.returncode != 0 and 'output_strid' in result.stderr
+
+
+def test_unknown_field_in_a_config_file_is_named():
+  config = quickstart.get_config('smoke')
+  with config.ignore_type():
+    config.unlock()
+    config.data.nmae = 'camvid'
+  with pytest.raises(UserError, match="unknown config field 'data.nmae'; did you mean 'data.name'"):
+    train.validate_config(config)
