@@ -50,7 +50,7 @@ def get_config(arg=None):
   if arg == 'smoke':
     config.model.width_multiplier = 0.125
     config.data.crop_size = (64, 64)
-    config.train.batch_size = 4
+    config.train.batch_size = 8
     config.train.num_steps = 2
     config.train.log_every_steps = 1
     config.train.checkpoint_every_steps = 2

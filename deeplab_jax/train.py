@@ -101,7 +101,7 @@ def make_train_step(model, tx, schedule, ignore_label: int):
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                               batch_stats=batch_stats, opt_state=opt_state)
-    return new_state, {'loss': loss, 'grad_norm': optax.global_norm(grads),
+    return new_state, {'loss': loss, 'grad_norm': optax.tree.norm(grads),
                        'learning_rate': schedule(state.step), 'labelled_pixels': count}
   return train_step
 

@@ -13,6 +13,9 @@ SHARED_DATA = os.path.join(os.path.dirname(ROOT), 'shared', 'data')
 CAMVID = os.path.join(SHARED_DATA, 'camvid')
 
 import pytest  # pylint: disable=g-import-not-at-top
+import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+tfds.disable_progress_bar()
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import pytest
 
 from configs import quickstart
 from deeplab_jax import train
+from deeplab_jax.data import input_pipeline
 from deeplab_jax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,12 +28,27 @@ def smoke_config(cache_dir, **train_changes):
 
 
 def read_params(workdir, step):
-  with ocp.CheckpointManager(os.path.join(workdir, 'checkpoints')) as manager:
-    restored = manager.restore(step)
-  return restored['state']['params']
+  path = os.path.join(workdir, 'checkpoints', str(step), 'state')
+  return ocp.StandardCheckpointer().restore(path)['params']
 
 
-def test_train_evaluate_and_resume_identically(tmp_path, cache_dir):
+class SimulatedCrash(Exception):
+  pass
+
+
+def crash_after(monkeypatch, steps):
+  """The next run's input stops with an exception after `steps` batches, as a killed run."""
+  real = input_pipeline.train_batches
+
+  def crashing(*args, **kwargs):
+    batches = real(*args, **kwargs)
+    for _ in range(steps):
+      yield next(batches)
+    raise SimulatedCrash()
+  monkeypatch.setattr(input_pipeline, 'train_batches', crashing)
+
+
+def test_train_evaluate_and_resume_identically(tmp_path, cache_dir, monkeypatch):
   # Uninterrupted: 4 steps.
   full = str(tmp_path / 'full')
   train.train_and_evaluate(smoke_config(cache_dir), full)
@@ -41,16 +57,20 @@ def test_train_evaluate_and_resume_identically(tmp_path, cache_dir):
   row = rows[0]
   assert row['split'] == 'val' and 0.0 <= row['miou'] <= 1.0 and 0.0 <= row['pixel_accuracy'] <= 1
   assert set(row['per_class_iou']) == {'background', 'disc', 'box', 'triangle', 'ring'}
-  # Interrupted: stop after 2 steps, then the same command continues to 4.
+  # Interrupted after step 3 (checkpoint at 2); the same command continues from 2 to 4.
   part = str(tmp_path / 'part')
-  train.train_and_evaluate(smoke_config(cache_dir, num_steps=2), part)
+  with monkeypatch.context() as patch:
+    crash_after(patch, 3)
+    with pytest.raises(SimulatedCrash):
+      train.train_and_evaluate(smoke_config(cache_dir), part)
+  assert sorted(os.listdir(os.path.join(part, 'checkpoints'))) == ['2']
   train.train_and_evaluate(smoke_config(cache_dir), part)
   a, b = read_params(full, 4), read_params(part, 4)
   jax.tree.map(np.testing.assert_array_equal, a, b)
   # Run again after the end: nothing is retrained and no evaluation is repeated.
   train.train_and_evaluate(smoke_config(cache_dir), part)
   steps = [json.loads(l)['step'] for l in open(os.path.join(part, 'evals.jsonl'))]
-  assert steps == [2, 4]
+  assert steps == [4]
 
 
 def test_eval_mode_and_other_split(tmp_path, cache_dir):
@@ -74,8 +94,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, cach
   config.optim.learning_rate = 1e30  # diverges at once
   with pytest.raises(train.NonFiniteLossError, match='last good checkpoint \\(step 2\\)'):
     train.train_and_evaluate(config, workdir)
-  with ocp.CheckpointManager(os.path.join(workdir, 'checkpoints')) as manager:
-    assert manager.all_steps() == [2]
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2']
   params = read_params(workdir, 2)
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
 

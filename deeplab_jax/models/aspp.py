@@ -19,7 +19,7 @@ class ASPP(nn.Module):
   features: int = 256
   image_pooling: bool = True
   dropout_rate: float = 0.1
-  norm: Any = nn.BatchNorm
+  norm: Any = layers.DEFAULT_NORM
   dtype: Any = jnp.float32
 
   @nn.compact

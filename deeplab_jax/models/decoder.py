@@ -14,7 +14,7 @@ class Decoder(nn.Module):
   concatenated; two 3x3 convs of `features` channels."""
   low_level_features: int = 48
   features: int = 256
-  norm: Any = nn.BatchNorm
+  norm: Any = layers.DEFAULT_NORM
   dtype: Any = jnp.float32
 
   @nn.compact

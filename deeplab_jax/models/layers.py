@@ -10,6 +10,8 @@ import jax.numpy as jnp
 from deeplab_jax.errors import UserError
 
 ModuleDef = Any
+# Inference-mode BatchNorm; DeepLab passes its own (training or not) to every module.
+DEFAULT_NORM = functools.partial(nn.BatchNorm, use_running_average=True)
 
 
 def scaled(channels: int, width_multiplier: float, minimum: int = 8) -> int:
@@ -34,7 +36,7 @@ class ConvBN(nn.Module):
   strides: int = 1
   rate: int = 1
   relu: bool = True
-  norm: ModuleDef = nn.BatchNorm
+  norm: ModuleDef = DEFAULT_NORM
   dtype: Any = jnp.float32
 
   @nn.compact

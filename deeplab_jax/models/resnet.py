@@ -40,7 +40,7 @@ class Bottleneck(nn.Module):
   filters: int
   strides: int = 1
   rate: int = 1
-  norm: Any = nn.BatchNorm
+  norm: Any = layers.DEFAULT_NORM
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -71,7 +71,7 @@ class ResNet(nn.Module):
   multi_grid: Optional[Sequence[int]] = None
   beta_stem: bool = False
   width_multiplier: float = 1.0
-  norm: Any = nn.BatchNorm
+  norm: Any = layers.DEFAULT_NORM
   dtype: Any = jnp.float32
 
   @nn.compact
