@@ -32,7 +32,7 @@ def get_config(arg=None):
 
   if arg == 'cpu' or arg == 'smoke':
     config.data.image_scale = 0.5        # 180 x 240
-    config.data.crop_size = (176, 240)
+    config.data.crop_size = (144, 192)
     config.model.backbone.name = 'resnet50'
     config.model.backbone.units = (2, 2, 3, 2)
     config.model.backbone.multi_grid = (1, 2)
@@ -43,7 +43,7 @@ def get_config(arg=None):
     config.optim.warmup_steps = 100
     config.optim.weight_decay = 1e-4
     config.train.batch_size = 8
-    config.train.num_steps = 2500
+    config.train.num_steps = 2200
     config.train.log_every_steps = 50
     config.train.checkpoint_every_steps = 500
     config.train.eval_every_steps = 500

@@ -2,6 +2,7 @@
 
 import os
 
+from etils import epath
 import jax
 import orbax.checkpoint as ocp
 
@@ -10,8 +11,8 @@ def make_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
   """A manager over WORKDIR/checkpoints; every process takes part in every save."""
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                          enable_async_checkpointing=True)
-  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, 'checkpoints')),
-                               options=options)
+  directory = epath.Path(workdir if '://' in workdir else os.path.abspath(workdir))
+  return ocp.CheckpointManager(directory / 'checkpoints', options=options)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state) -> None:

@@ -1,9 +1,9 @@
 """Whole-split evaluation: confusion matrix over every example, mIoU, and prediction panels."""
 
 import json
-import os
 from typing import Callable, Dict
 
+from etils import epath
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -72,9 +72,10 @@ def evaluate(config, state, eval_step, dataset, mesh, writer, workdir: str, step
   if images_to_write is not None and len(images_to_write):
     writer.write_images(step, {f'{split}/input_truth_prediction': images_to_write})
   if jax.process_index() == 0:
-    line = json.dumps(_nan_to_none(result))
-    with open(os.path.join(workdir, 'evals.jsonl'), 'a') as f:
-      f.write(line + '\n')
+    path = epath.Path(workdir) / 'evals.jsonl'
+    previous = path.read_text() if path.exists() else ''
+    # Rewritten whole rather than appended: object stores (gs://) cannot append.
+    path.write_text(previous + json.dumps(_nan_to_none(result)) + '\n')
   return result
 
 
@@ -84,11 +85,12 @@ def _nan_to_none(x):
   return None if isinstance(x, float) and np.isnan(x) else x
 
 
-def last_eval_steps(workdir: str, split: str):
-  """Steps already evaluated on `split` according to WORKDIR/evals.jsonl."""
-  path = os.path.join(workdir, 'evals.jsonl')
-  if not os.path.exists(path):
-    return set()
-  with open(path) as f:
-    rows = [json.loads(line) for line in f if line.strip()]
-  return {r['step'] for r in rows if r.get('split') == split}
+def is_evaluated(workdir: str, split: str, step: int) -> bool:
+  """Whether WORKDIR/evals.jsonl has `step` on `split`; process 0 decides for every host."""
+  found = False
+  if jax.process_index() == 0:
+    path = epath.Path(workdir) / 'evals.jsonl'
+    if path.exists():
+      rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+      found = any(r['step'] == step and r.get('split') == split for r in rows)
+  return bool(multihost_utils.broadcast_one_to_all(np.asarray(found)))

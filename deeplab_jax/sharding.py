@@ -20,8 +20,9 @@ def make_mesh(mesh_config: Sequence[Tuple[str, int]], devices=None) -> Mesh:
   for name in names:
     if name not in AXES:
       raise UserError(f'mesh axis {name!r} in mesh={tuple(mesh_config)} is not one of {AXES}.')
-  if 'data' not in names:
-    raise UserError(f'mesh={tuple(mesh_config)} needs a "data" axis.')
+  if not names or names[0] != 'data':
+    raise UserError(f'mesh={tuple(mesh_config)} must start with the "data" axis (the others '
+                    'split images within a host).')
   if sizes.count(-1) > 1:
     raise UserError(f'mesh={tuple(mesh_config)} has more than one -1 size.')
   known = math.prod(s for s in sizes if s != -1)
@@ -46,6 +47,19 @@ def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
+
+
+def check_spatial(mesh: Mesh, heights) -> None:
+  """A `spatial` axis stays within each host and divides every image height it splits."""
+  spatial = mesh.shape.get('spatial', 1)
+  if spatial == 1:
+    return
+  if jax.local_device_count() % spatial:
+    raise UserError(f'mesh spatial={spatial} must divide the {jax.local_device_count()} devices '
+                    'of each host.')
+  for field, height in heights:
+    if height % spatial:
+      raise UserError(f'{field} height {height} is not divisible by mesh spatial={spatial}.')
 
 
 def check_batch_size(mesh: Mesh, batch_size: int, field: str) -> None:

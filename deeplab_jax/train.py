@@ -101,7 +101,9 @@ def make_train_step(model, tx, schedule, ignore_label: int):
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                               batch_stats=batch_stats, opt_state=opt_state)
-    return new_state, {'loss': loss, 'grad_norm': optax.tree.norm(grads),
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in
+                                jax.tree.leaves((new_state.params, new_state.batch_stats))]))
+    return new_state, {'loss': loss, 'grad_norm': optax.tree.norm(grads), 'state_finite': finite,
                        'learning_rate': schedule(state.step), 'labelled_pixels': count}
   return train_step
 
@@ -114,12 +116,13 @@ def _check_finite(pending, last_checkpoint, workdir):
   """Fetches the pending step metrics; raises if any loss or gradient is not finite."""
   fetched = jax.device_get(pending)
   for step, m in fetched:
-    if not (np.isfinite(m['loss']) and np.isfinite(m['grad_norm'])):
+    if not (np.isfinite(m['loss']) and np.isfinite(m['grad_norm']) and m['state_finite']):
       where = (f'the last good checkpoint (step {last_checkpoint}) in {workdir}/checkpoints '
                'is intact' if last_checkpoint is not None else 'no checkpoint was written')
       raise NonFiniteLossError(
-          f'non-finite loss {float(m["loss"])} (gradient norm {float(m["grad_norm"])}) at step '
-          f'{step}; stopping: {where}. Lower optim.learning_rate or set optim.grad_clip_norm.')
+          f'non-finite training at step {step}: loss {float(m["loss"])}, gradient norm '
+          f'{float(m["grad_norm"])}, parameters finite: {bool(m["state_finite"])}; stopping: '
+          f'{where}. Lower optim.learning_rate or set optim.grad_clip_norm.')
   return fetched
 
 
@@ -135,6 +138,8 @@ class _Setup:
     self.mesh = sharding.make_mesh(config.mesh)
     sharding.check_batch_size(self.mesh, config.train.batch_size, 'train.batch_size')
     sharding.check_batch_size(self.mesh, config.eval.batch_size, 'eval.batch_size')
+    sharding.check_spatial(self.mesh, [('data.crop_size', config.data.crop_size[0]),
+                                       ('eval.image_size', config.eval.image_size[0])])
     self.dataset = data.get_dataset(config.data)
     self.model = deeplab.build_model(config.model, self.dataset.num_classes)
     self.schedule = optim.learning_rate_schedule(config.optim, config.train.num_steps)
@@ -154,7 +159,8 @@ class _Setup:
         workdir, just_logging=jax.process_index() > 0)
     eval_step = evaluate_lib.make_eval_step(self.model, self.dataset.num_classes,
                                             config.eval.input_scale)
-    self.eval_step = jax.jit(eval_step, out_shardings=sharding.replicated(self.mesh))
+    self.eval_step = jax.jit(eval_step, out_shardings=(
+        sharding.replicated(self.mesh), sharding.batch_sharding(self.mesh, 3)))
     params = sum(x.size for x in jax.tree.leaves(self.abstract_state.params))
     logging.info('Model %s/%s OS%d: %d parameters; mesh %s.', config.model.name,
                  config.model.backbone.name, config.model.output_stride, params,
@@ -190,9 +196,12 @@ def train_and_evaluate(config, workdir: str):
       donate_argnums=0)
   if start >= num_steps:
     logging.info('Training already finished at step %d.', start)
-    if start not in evaluate_lib.last_eval_steps(workdir, config.eval.split):
+    if not evaluate_lib.is_evaluated(workdir, config.eval.split, start):
       setup.evaluate(config, workdir, start)
     return setup.state
+  if (start and start % config.train.eval_every_steps == 0
+      and not evaluate_lib.is_evaluated(workdir, config.eval.split, start)):
+    setup.evaluate(config, workdir, start)  # the run that saved `start` stopped before its eval
 
   batches = input_pipeline.train_batches(setup.dataset, config, start_step=start)
   report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=setup.writer,

@@ -145,4 +145,30 @@ def test_stream_is_a_function_of_step_and_independent_of_process_count(cache_dir
     monkeypatch.setattr(jax, 'process_count', lambda: 2)
     monkeypatch.setattr(jax, 'process_index', lambda p=p: p)
     halves.append(next(input_pipeline.train_batches(dataset, config, start_step=0)))
-  np.testing.assert_array_equal(np.concatenate([h['image'] for h in halves]), first[0]['image'])
+  for key in ('image', 'label'):
+    np.testing.assert_array_equal(np.concatenate([h[key] for h in halves]), first[0][key])
+
+
+@pytest.mark.parametrize('processes', [1, 3])
+def test_eval_pads_and_masks_without_dropping(cache_dir, monkeypatch, processes):
+  """200 val images over 3 hosts in global batches of 48: every image exactly once."""
+  config = quickstart.get_config('smoke')
+  config.data.cache_dir = cache_dir
+  config.eval.batch_size = 48
+  dataset = data.get_dataset(config.data)
+  names, counts = [], set()
+  source = dataset.builder.as_data_source('val')
+  monkeypatch.setattr(jax, 'process_count', lambda: processes)
+  for p in range(processes):
+    monkeypatch.setattr(jax, 'process_index', lambda p=p: p)
+    batches, num_batches = input_pipeline.eval_batches(dataset, config, 'val')
+    batches = list(batches)
+    counts.add(num_batches)
+    assert len(batches) == num_batches
+    for b in batches:
+      assert b['image'].shape[0] == 48 // processes
+      names += [int(np.asarray(b['label'][i]).sum()) for i in np.flatnonzero(b['mask'])]
+  assert len(counts) == 1  # the same number of batches on every host
+  assert len(names) == 200
+  expected = sorted(int(source[i]['label'].sum()) for i in range(len(source)))
+  assert sorted(names) == expected

@@ -12,13 +12,13 @@ IGNORE = 255
 
 
 def coded_example(h=30, w=44):
-  """An image whose three channels encode (row, column, 1) and a label equal to the row band.
-
-  After any joint geometric op, a pixel's label must still match its image's row code.
+  """An image whose channels encode (row, column, 1) and a label that encodes the (row band,
+  column band) of each pixel: after any joint geometric op, a pixel's label must still match
+  its image's codes.
   """
   rows, cols = np.mgrid[0:h, 0:w]
   image = np.stack([rows * 8.0, cols * 5.0, np.full_like(rows, 200.0)], -1).astype(np.float32)
-  label = (rows // 3)[..., None].astype(np.int32)
+  label = ((rows // 3) * 16 + cols // 3)[..., None].astype(np.int32)
   return {'image': tf.constant(image), 'label': tf.constant(label)}
 
 
@@ -28,11 +28,14 @@ def check_aligned(out):
   real = image[..., 2] > 100  # pixels from the image, not padding
   padded = image[..., 2] == 0
   assert np.all(label[padded] == IGNORE)
-  # Nearest-neighbour labels: the row band of each real pixel agrees with the image's row code
-  # up to the bilinear blur of one source row.
-  rows_from_image = image[..., 0][real] / 8.0
-  assert np.all(np.abs(rows_from_image // 3 - label[real]) <= 1)
-  assert set(np.unique(label)) <= set(range(10)) | {IGNORE}  # no interpolated label values
+  # Nearest-neighbour labels: the row and column bands of each real pixel agree with the
+  # image's codes up to the bilinear blur of one source pixel.
+  rows_from_image = np.round(image[..., 0][real] / 8.0)
+  cols_from_image = np.round(image[..., 1][real] / 5.0)
+  assert np.all(np.abs(rows_from_image // 3 - label[real] // 16) <= 1)
+  assert np.all(np.abs(cols_from_image // 3 - label[real] % 16) <= 1)
+  valid = {r * 16 + c for r in range(10) for c in range(15)} | {IGNORE}
+  assert set(np.unique(label)) <= valid  # no interpolated label values
 
 
 @pytest.mark.parametrize('seed', range(8))

@@ -101,10 +101,11 @@ def get_dataset(data_config) -> Dataset:
     data_dir = os.path.join(cache, _fingerprint(root, spec.fingerprint_files(root)))
   else:
     data_dir = os.path.join(cache, 'downloaded')
-  builder = spec.builder(data_dir=data_dir)
   with _file_lock(data_dir + '.lock'):
-    builder.download_and_prepare(
+    spec.builder(data_dir=data_dir).download_and_prepare(
         file_format='array_record',
         download_config=tfds.download.DownloadConfig(manual_dir=root or None))
+  # A new builder reads the prepared copy's info, also when another process prepared it.
+  builder = spec.builder(data_dir=data_dir)
   return Dataset(builder, tuple(spec.builder.CLASS_NAMES), tuple(spec.builder.COLORS),
                  spec.builder.IGNORE_LABEL)

@@ -54,7 +54,9 @@ def resize_bilinear(x: jax.Array, size: Sequence[int]) -> jax.Array:
   """Bilinear resize of NHWC features to spatial `size` (half-pixel centres)."""
   if tuple(x.shape[1:3]) == tuple(size):
     return x
-  return jax.image.resize(x, (x.shape[0], *size, x.shape[-1]), method='bilinear')
+  # No antialiasing: the same filter as tf.image.resize in the input pipeline.
+  return jax.image.resize(x, (x.shape[0], *size, x.shape[-1]), method='bilinear',
+                          antialias=False)
 
 
 def check_rates(rates: Sequence[int], what: str) -> None:
