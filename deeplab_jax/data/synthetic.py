@@ -11,6 +11,8 @@ and only the hole tells a ring from a disc). Later shapes occlude earlier ones.
 import numpy as np
 import tensorflow_datasets as tfds
 
+from deeplab_jax.data import base
+
 CLASS_NAMES = ('background', 'disc', 'box', 'triangle', 'ring')
 COLORS = ((40, 40, 40), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200))
 IGNORE_LABEL = 255
@@ -92,22 +94,12 @@ def generate(index: int, seed: int, size: int = IMAGE_SIZE):
   return np.clip(image, 0, 255).astype(np.uint8), label
 
 
-class SyntheticScenes(tfds.core.GeneratorBasedBuilder):
+class SyntheticScenes(base.SegmentationBuilder):
   """TFDS builder for the synthetic scene set (no download, no manual folder)."""
   VERSION = tfds.core.Version('1.0.0')
   CLASS_NAMES = CLASS_NAMES
   COLORS = COLORS
   IGNORE_LABEL = IGNORE_LABEL
-
-  def _info(self):
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(None, None, 3)),
-            'label': tfds.features.Image(shape=(None, None, 1), use_colormap=False),
-            'name': tfds.features.Text(),
-        }))
 
   def _split_generators(self, dl_manager):
     del dl_manager
