@@ -4,8 +4,9 @@
       --config.data.root=/path/to/folder_holding_CamVid --workdir=/tmp/camvid
 
 Variants: `v3plus_camvid.py` is the full recipe (ResNet-101 OS16 at 360 x 480, batch 16);
-`v3plus_camvid.py:cpu` is a small DeepLabv3+ (about 4M parameters) at half resolution that
-trains on 2 CPU cores in about 30 minutes; `:smoke` runs a few steps for tests.
+`v3plus_camvid.py:cpu` is a small DeepLabv3+ (4.5M parameters) at half resolution that
+trains on 2 CPU cores in about 30 minutes (val mIoU 0.519 in 28 minutes, see README.md);
+`:smoke` runs a few steps for tests.
 Validation is always scored at CamVid's full 360 x 480.
 """
 
