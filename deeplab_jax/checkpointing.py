@@ -3,7 +3,6 @@
 import os
 
 from etils import epath
-import jax
 import orbax.checkpoint as ocp
 
 
@@ -26,6 +25,3 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state):
       step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
   return restored['state']
 
-
-def abstract_like(state):
-  return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
