@@ -22,31 +22,56 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.data.std = (58.395, 57.12, 57.375)
 
   config.model = ml_collections.ConfigDict()
-  config.model.name = 'deeplabv3plus'  # or 'deeplabv3'
+  # deeplabv1 | deeplabv2 | deeplabv3 | deeplabv3plus (v3plus adds the decoder).
+  config.model.name = 'deeplabv3plus'
+  # aspp (v3, v3+) | aspp_l (v2) | context_module | none (v1, or a cascade alone).
+  config.model.context = 'aspp'
   config.model.output_stride = 16
-  config.model.width_multiplier = 1.0
+  config.model.input_scales = (1.0,)   # v2: (1.0, 0.75, 0.5), logits fused by max
+  config.model.width_multiplier = 1.0  # scales every channel count (tiny test models)
   config.model.dtype = 'float32'       # compute dtype; parameters stay float32
   config.model.bn_momentum = 0.99
   config.model.bn_epsilon = 1e-5
   config.model.backbone = ml_collections.ConfigDict()
+  # resnet50 | resnet101 | xception65 | xception71 | vgg16 | mobilenetv2
   config.model.backbone.name = 'resnet101'
-  config.model.backbone.beta_stem = False
-  config.model.backbone.multi_grid = (1, 2, 4)
-  config.model.backbone.units = ()     # override units per block, () = the named depth
+  config.model.backbone.multi_grid = (1, 2, 4)  # ResNet: per unit of block4; Xception: 3 convs
+  config.model.backbone.units = ()     # ResNet: units per block; Xception: (middle units,)
+  config.model.backbone.layout = 'deeplab'  # ResNet: deeplab | torchvision | tfslim
+  config.model.backbone.beta_stem = False   # ResNet: three 3x3 convs in place of the 7x7
+  config.model.backbone.extra_blocks = 0    # ResNet: cascaded copies of block4 (v3, sec. 3.2)
+  config.model.backbone.depth_multiplier = 1.0  # MobileNetV2
+  config.model.backbone.fc6_rate = 12       # VGG-16 LargeFOV
+  config.model.backbone.fc_features = 1024  # VGG-16: fc6/fc7 channels, 0 = stop at pool5
+  config.model.backbone.dropout_rate = 0.5  # VGG-16: after fc6 and fc7
   config.model.aspp = ml_collections.ConfigDict()
-  config.model.aspp.atrous_rates = (6, 12, 18)
+  config.model.aspp.atrous_rates = (6, 12, 18)  # also ASPP-L's rates
   config.model.aspp.features = 256
   config.model.aspp.image_pooling = True
   config.model.aspp.dropout_rate = 0.1
+  config.model.aspp.separable = False  # depthwise-separable 3x3 branches (Xception)
+  config.model.aspp.output_conv = False  # torchvision's extra 3x3 conv after the projection
+  config.model.context_module = ml_collections.ConfigDict()
+  config.model.context_module.atrous_rates = (1, 1, 2, 4, 8, 16, 1)
+  config.model.context_module.features = 256
   config.model.decoder = ml_collections.ConfigDict()
-  config.model.decoder.low_level_endpoint = 'block1'
+  config.model.decoder.low_level_endpoint = ''  # '' = the backbone's stride-4 endpoint
   config.model.decoder.low_level_features = 48
   config.model.decoder.features = 256
+  config.model.decoder.separable = False
+  config.model.aux_head = ml_collections.ConfigDict()
+  config.model.aux_head.endpoint = ''  # '' = none; torchvision: 'block3' (stride 8 or 16)
+  config.model.aux_head.features = 256
+  config.model.aux_head.dropout_rate = 0.1
+  config.model.aux_head.loss_weight = 0.5
 
   config.optim = ml_collections.ConfigDict()
   config.optim.learning_rate = 0.01
   config.optim.end_learning_rate = 0.0
   config.optim.power = 0.9             # poly schedule: lr0 * (1 - step / total) ** power
+  config.optim.schedule = 'poly'       # or 'step': lr0 * decay_factor ** (step // decay_every)
+  config.optim.decay_every_steps = 2000
+  config.optim.decay_factor = 0.1
   config.optim.warmup_steps = 0
   config.optim.momentum = 0.9
   config.optim.nesterov = False
@@ -72,4 +97,44 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Device mesh as data: axis names and sizes, -1 = the rest of the devices. The batch is
   # split over `data`; `spatial` splits the image height.
   config.mesh = (('data', -1), ('spatial', 1))
+  return config
+
+
+def parse_variant(arg, allowed, path):
+  """Comma-separated variant words of `configs/x.py:word,word`, each one of `allowed`."""
+  words = [w for w in (arg or '').split(',') if w]
+  for w in words:
+    if w not in allowed:
+      raise ValueError(f'{path}: unknown variant {w!r}; use a comma-separated subset of '
+                       f'{sorted(allowed)} or none.')
+  return set(words)
+
+
+def use_xception(config, name='xception65'):
+  """The v3+ paper's Xception encoder-decoder: separable ASPP and decoder, weight decay 4e-5."""
+  config.model.backbone.name = name
+  config.model.backbone.multi_grid = (1, 1, 1)
+  config.model.aspp.separable = True
+  config.model.decoder.separable = True
+  config.optim.weight_decay = 4e-5
+  return config
+
+
+def make_smoke(config):
+  """Shrinks an experiment to a tiny, shallow model that trains a step on CPU in seconds."""
+  m = config.model
+  m.width_multiplier = 0.125
+  if m.backbone.name.startswith('resnet'):
+    m.backbone.units = (1, 1, 1, len(m.backbone.multi_grid) or 1)
+  elif m.backbone.name.startswith('xception'):
+    m.backbone.units = (1,)
+  config.data.crop_size = (65, 65)
+  config.eval.image_size = (65, 65)
+  config.eval.batch_size = 2
+  config.train.batch_size = 2
+  config.train.num_steps = 2
+  config.train.log_every_steps = 1
+  config.train.checkpoint_every_steps = 2
+  config.train.eval_every_steps = 2
+  config.optim.warmup_steps = 0
   return config

@@ -1,4 +1,4 @@
-"""The optax chain: poly schedule with linear warmup, SGD momentum, masked weight decay."""
+"""The optax chain: poly (or step) schedule with linear warmup, SGD momentum, masked weight decay."""
 
 import re
 
@@ -8,14 +8,26 @@ import optax
 from deeplab_jax.errors import UserError
 
 
+SCHEDULES = ('poly', 'step')
+
+
 def learning_rate_schedule(optim_config, num_steps: int) -> optax.Schedule:
-  """Linear warmup to lr0, then lr0 * (1 - t / T) ** power down to end_learning_rate."""
+  """Linear warmup to lr0, then lr0 * (1 - t / T) ** power down to end_learning_rate ('poly',
+  v2 onwards), or lr0 times decay_factor every decay_every_steps ('step', the v1 paper)."""
   c = optim_config
   if not 0 <= c.warmup_steps < num_steps:
     raise UserError(f'optim.warmup_steps={c.warmup_steps} must be in [0, train.num_steps='
                     f'{num_steps}).')
-  poly = optax.polynomial_schedule(c.learning_rate, c.end_learning_rate, c.power,
-                                   transition_steps=num_steps - c.warmup_steps)
+  if c.schedule not in SCHEDULES:
+    raise UserError(f'optim.schedule={c.schedule!r} is not one of {SCHEDULES}.')
+  if c.schedule == 'step':
+    if c.decay_every_steps < 1:
+      raise UserError(f'optim.decay_every_steps={c.decay_every_steps} must be >= 1.')
+    poly = optax.exponential_decay(c.learning_rate, c.decay_every_steps, c.decay_factor,
+                                   staircase=True)
+  else:
+    poly = optax.polynomial_schedule(c.learning_rate, c.end_learning_rate, c.power,
+                                     transition_steps=num_steps - c.warmup_steps)
   if not c.warmup_steps:
     return poly
   warmup = optax.linear_schedule(0.0, c.learning_rate, c.warmup_steps)

@@ -91,11 +91,15 @@ def make_train_step(model, tx, schedule, ignore_label: int):
     dropout_rng = jax.random.fold_in(rng, state.step)
 
     def loss_fn(params):
-      logits, updates = model.apply(
+      (logits, extra), updates = model.apply(
           {'params': params, 'batch_stats': state.batch_stats}, batch['image'], train=True,
-          mutable=['batch_stats'], rngs={'dropout': dropout_rng})
+          return_aux=True, mutable=['batch_stats'], rngs={'dropout': dropout_rng})
       loss, count = losses.pixel_cross_entropy(logits, batch['label'], ignore_label)
-      return loss, (updates['batch_stats'], count)
+      # Extra losses: each input scale of a multi-scale model (v2), an auxiliary head.
+      for _, extra_logits, weight in extra:
+        loss = loss + weight * losses.pixel_cross_entropy(extra_logits, batch['label'],
+                                                          ignore_label)[0]
+      return loss, (updates.get('batch_stats', {}), count)
 
     (loss, (batch_stats, count)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)

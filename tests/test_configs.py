@@ -1,4 +1,5 @@
-"""Every config in configs/ builds, names code that exists, and its full-size model has shapes."""
+"""Every config in configs/ builds, names code that exists, its full-size model has shapes, and
+its tiny variant trains on CPU."""
 
 import glob
 import importlib
@@ -6,10 +7,12 @@ import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from deeplab_jax import data
 from deeplab_jax import optim
+from deeplab_jax import sharding
 from deeplab_jax import train
 from deeplab_jax.errors import UserError
 from deeplab_jax.models import deeplab
@@ -17,17 +20,35 @@ from deeplab_jax.models import deeplab
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 'configs', '*.py'))
                  if not os.path.basename(p).startswith(('_', 'common')))
-VARIANTS = {'quickstart': [None, 'smoke'], 'v3plus_camvid': [None, 'cpu', 'smoke'],
-            'v3plus_cityscapes': [None, 'smoke']}
+VARIANTS = {
+    'quickstart': [None, 'smoke'],
+    'v3plus_camvid': [None, 'cpu', 'smoke'],
+    'v1_voc': [None, 'smoke'],
+    'v2_voc': [None, 'smoke'],
+    'v3_voc': [None, 'cascade', 'context_module', 'resnet50', 'smoke'],
+    'v3_cityscapes': [None, 'smoke'],
+    'v3_torchvision': ['resnet50', 'resnet101', 'resnet50,aux', 'resnet101,aux', 'aux,smoke'],
+    'v3plus_voc': [None, 'resnet101', 'xception71', 'smoke'],
+    'v3plus_cityscapes': [None, 'resnet101', 'smoke'],
+    'v3plus_ade20k': [None, 'smoke'],
+    'v3plus_mobilenet_voc': [None, 'dm05', 'smoke'],
+}
+# The family members and the variant a test trains for two steps on CPU.
+TINY = {n: next(a for a in v if a and 'smoke' in a) for n, v in VARIANTS.items()
+        if n not in ('quickstart', 'v3plus_camvid')}  # those two train in test_train.py
+
+
+def _load(name, arg):
+  return importlib.import_module(f'configs.{name}').get_config(arg)
 
 
 def test_every_config_file_is_listed():
   assert sorted(VARIANTS) == CONFIGS
 
 
-@pytest.mark.parametrize('name, arg', [(n, a) for n in CONFIGS for a in VARIANTS.get(n, [None])])
+@pytest.mark.parametrize('name, arg', [(n, a) for n in CONFIGS for a in VARIANTS[n]])
 def test_config_builds(name, arg):
-  config = importlib.import_module(f'configs.{name}').get_config(arg)
+  config = _load(name, arg)
   train.validate_config(config)
   assert config.data.name in data.DATASETS
   optim.make_optimizer(config.optim, config.train.num_steps)
@@ -38,13 +59,43 @@ def test_config_builds(name, arg):
   assert logits.shape == (1, h, w, 19)
 
 
+@pytest.mark.parametrize('name', sorted(TINY))
+def test_tiny_variant_trains(name):
+  config = _load(name, TINY[name])
+  num_classes = data.DATASETS[config.data.name].num_classes
+  model = deeplab.build_model(config.model, num_classes)
+  tx = optim.make_optimizer(config.optim, config.train.num_steps)
+  schedule = optim.learning_rate_schedule(config.optim, config.train.num_steps)
+  mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
+  init, _, _ = train.create_train_state(model, tx, config, mesh, jax.random.key(0))
+  state = init(jax.random.key(0))
+  start = jax.tree.map(np.asarray, state.params)
+  step = jax.jit(train.make_train_step(model, tx, schedule, ignore_label=255))
+  h, w = config.data.crop_size
+  images = jax.random.normal(jax.random.key(1), (2, h, w, 3))
+  labels = jax.random.randint(jax.random.key(2), (2, h, w), 0, num_classes)
+  losses = []
+  for _ in range(2):
+    state, metrics = step(state, {'image': images, 'label': labels}, jax.random.key(0))
+    losses.append(float(metrics['loss']))
+  assert np.all(np.isfinite(losses)) and bool(metrics['state_finite'])
+  moved = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(a - b).max()), start,
+                                       jax.device_get(state.params)))
+  assert all(m > 0 for m in moved), 'every parameter gets a gradient'
+  # Extra losses are added: v2's three scales + fused, torchvision's auxiliary head.
+  extra = {'v2_voc': 3.0, 'v3_torchvision': 0.5}.get(name, 0.0)
+  assert losses[0] > (1 + extra) * np.log(num_classes) * 0.8
+
+
 def test_unknown_variant_is_named():
   with pytest.raises(ValueError, match="unknown variant 'gpu'"):
-    importlib.import_module('configs.v3plus_camvid').get_config('gpu')
+    _load('v3plus_camvid', 'gpu')
+  with pytest.raises(ValueError, match="unknown variant 'resnet152'"):
+    _load('v3plus_voc', 'resnet152,smoke')
 
 
 def test_cityscapes_stops_with_what_is_missing(tmp_path):
-  config = importlib.import_module('configs.v3plus_cityscapes').get_config()
+  config = _load('v3plus_cityscapes', None)
   config.data.cache_dir = str(tmp_path)
   with pytest.raises(UserError, match='the Cityscapes reader is not built yet'):
     data.get_dataset(config.data)

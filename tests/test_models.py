@@ -14,7 +14,10 @@ from deeplab_jax.models import aspp
 from deeplab_jax.models import decoder
 from deeplab_jax.models import deeplab
 from deeplab_jax.models import layers
+from deeplab_jax.models import mobilenet
 from deeplab_jax.models import resnet
+from deeplab_jax.models import vgg
+from deeplab_jax.models import xception
 
 
 def tiny_config(**changes):
@@ -153,3 +156,218 @@ def test_multi_grid_rates_reach_block4():
     jax.eval_shape(model.init, jax.random.key(0), x)
   block4 = {p[0]: r for p, r in rates.items() if p[0].startswith('block4')}
   assert block4 == {'block4_unit1': (2, 2), 'block4_unit2': (4, 4), 'block4_unit3': (8, 8)}
+
+
+# --------------------------------------------------------------------------- the whole family
+
+
+def family_config(backbone, **changes):
+  config = tiny_config(**{'backbone.name': backbone, **changes})
+  if not backbone.startswith('resnet') and 'backbone.multi_grid' not in changes:
+    config.backbone.multi_grid = (1, 1, 1) if backbone.startswith('xception') else ()
+  return config
+
+
+def _endpoints(model_config, x):
+  model = deeplab.build_model(model_config, num_classes=3)
+  backbone = model.backbone(norm=layers.DEFAULT_NORM)
+  return jax.eval_shape(lambda: backbone.init_with_output(jax.random.key(0), x)[0]), model
+
+
+@pytest.mark.parametrize('output_stride', [8, 16, 32])
+@pytest.mark.parametrize('backbone, layout', [
+    ('resnet50', 'deeplab'), ('resnet50', 'torchvision'), ('resnet50', 'tfslim'),
+    ('xception65', ''), ('xception71', ''), ('vgg16', ''), ('mobilenetv2', '')])
+def test_every_backbone_has_its_output_stride_and_stride4_endpoint(backbone, layout,
+                                                                   output_stride):
+  changes = {'output_stride': output_stride}
+  if layout:
+    changes['backbone.layout'] = layout
+  config = family_config(backbone, **changes)
+  x = jnp.zeros((1, 64, 96, 3))
+  endpoints, model = _endpoints(config, x)
+  assert endpoints['features'].shape[1:3] == (64 // output_stride, 96 // output_stride)
+  assert endpoints[model.low_level_endpoint].shape[1:3] == (16, 24)
+  logits = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), x)[0])
+  assert logits.shape == (1, 64, 96, 3)
+
+
+def _conv_rates(module, x, method=None, **kwargs):
+  """{module path: (strides, kernel_dilation)} of every 3x3 conv the module runs."""
+  found = {}
+
+  def interceptor(next_fun, args, kw, context):
+    m = context.module
+    if isinstance(m, nn.Conv) and m.kernel_size == (3, 3) and context.method_name == '__call__':
+      found['/'.join(m.scope.path)] = (m.strides, m.kernel_dilation)
+    return next_fun(*args, **kw)
+
+  with nn.intercept_methods(interceptor):
+    jax.eval_shape(lambda: module.init_with_output(jax.random.key(0), x, **kwargs))
+  return found
+
+
+def test_resnet_layouts_place_strides_and_rates():
+  # torchvision, OS8: layer3/layer4 dilated, their first unit at the previous rate.
+  plan = resnet.unit_strides_and_rates((3, 4, 6, 3), 8, 'torchvision')
+  assert plan[1] == [(2, 1), (1, 1), (1, 1), (1, 1)]
+  assert plan[2] == [(1, 1)] + [(1, 2)] * 5
+  assert plan[3] == [(1, 2), (1, 4), (1, 4)]
+  # TF-slim, OS16: the stride on the last unit of blocks 1-3; block3's is removed.
+  plan = resnet.unit_strides_and_rates((3, 4, 6, 3), 16, 'tfslim')
+  assert plan[0] == [(1, 1), (1, 1), (2, 1)]
+  assert plan[1] == [(1, 1)] * 3 + [(2, 1)]
+  assert plan[2] == [(1, 1)] * 6
+  assert plan[3] == [(1, 2)] * 3
+  # The v3 paper's description: the whole dilated block at its rate.
+  plan = resnet.unit_strides_and_rates((3, 4, 6, 3), 8, 'deeplab')
+  assert plan[2] == [(1, 2)] * 6 and plan[3] == [(1, 4)] * 3
+  # In the tfslim layout a strided unit with an identity shortcut subsamples it (no conv).
+  model = resnet.ResNet50(output_stride=32, layout='tfslim', width_multiplier=0.125)
+  params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))['params']
+  assert 'shortcut' in params['block1_unit1'] and 'shortcut' not in params['block1_unit3']
+  endpoints = jax.eval_shape(lambda: model.init_with_output(
+      jax.random.key(0), jnp.zeros((1, 64, 64, 3)))[0])
+  assert endpoints['block1'].shape[1:3] == (8, 8)  # stride 8 after block1's last unit
+  assert endpoints['block1_unit2'].shape[1:3] == (16, 16)
+
+
+def test_resnet50_parameters_match_torchvision_for_every_layout():
+  for layout in resnet.LAYOUTS:
+    model = resnet.ResNet50(layout=layout)
+    params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))['params']
+    assert sum(x.size for x in jax.tree.leaves(params)) == 25_557_032 - (2048 * 1000 + 1000)
+
+
+def test_xception_separable_convs_strides_and_rates():
+  model = xception.Xception65(output_stride=16)
+  x = jnp.zeros((1, 65, 65, 3))
+  convs = _conv_rates(model, x)
+  depthwise = {k: v for k, v in convs.items() if k.endswith('depthwise')}
+  assert len(depthwise) == 3 * (3 + 16 + 2)  # 65 layers = 63 separable + 2 entry convs
+  assert depthwise['entry_block1/sepconv3/depthwise'] == ((2, 2), (1, 1))
+  assert depthwise['entry_block1/sepconv1/depthwise'] == ((1, 1), (1, 1))
+  # OS16: exit_block1's stride is removed, and what follows runs at rate 2.
+  assert depthwise['exit_block1/sepconv3/depthwise'] == ((1, 1), (1, 1))
+  assert depthwise['exit_block2/sepconv1/depthwise'] == ((1, 1), (2, 2))
+  convs8 = _conv_rates(xception.Xception65(output_stride=8), x)
+  assert convs8['middle_unit1/sepconv1/depthwise'] == ((1, 1), (2, 2))
+  assert convs8['exit_block2/sepconv3/depthwise'] == ((1, 1), (4, 4))
+  params = jax.eval_shape(model.init, jax.random.key(0), x)['params']
+  sep = params['middle_unit1']['sepconv1']
+  assert sep['depthwise']['kernel'].shape == (3, 3, 1, 728)
+  assert sep['pointwise']['kernel'].shape == (1, 1, 728, 728)
+  assert set(sep) == {'depthwise', 'depthwise_bn', 'pointwise', 'pointwise_bn'}
+  assert len([k for k in params if k.startswith('entry_block')]) == 3
+  assert len([k for k in jax.eval_shape(xception.Xception71().init, jax.random.key(0), x)
+              ['params'] if k.startswith('entry_block')]) == 5
+
+
+def test_vgg16_largefov_layout_and_parameters():
+  model = vgg.VGG16(output_stride=8)
+  x = jnp.zeros((1, 65, 65, 3))
+  convs = _conv_rates(model, x)
+  assert convs['conv4_3'][1] == (1, 1) and convs['conv5_1'][1] == (2, 2)
+  assert convs['fc6'][1] == (12, 12)
+  params = jax.eval_shape(model.init, jax.random.key(0), x)['params']
+  assert params['fc6']['kernel'].shape == (3, 3, 512, 1024)
+  assert params['fc7']['kernel'].shape == (1, 1, 1024, 1024)
+  # torchvision's vgg16 (138,357,544) less its three fully connected layers.
+  convs_only = {k: v for k, v in params.items() if k.startswith('conv')}
+  fc = (25088 * 4096 + 4096) + (4096 * 4096 + 4096) + (4096 * 1000 + 1000)
+  assert sum(x.size for x in jax.tree.leaves(convs_only)) == 138_357_544 - fc
+  os16 = jax.eval_shape(lambda: vgg.VGG16(output_stride=16, fc6_rate=4).init_with_output(
+      jax.random.key(0), x)[0])
+  assert os16['features'].shape[1:3] == (5, 5) and os16['conv3'].shape[1:3] == (17, 17)
+
+
+def test_mobilenetv2_parameters_match_torchvision_and_depth_multiplier():
+  x = jnp.zeros((1, 65, 65, 3))
+  params = jax.eval_shape(mobilenet.MobileNetV2().init, jax.random.key(0), x)['params']
+  # torchvision's mobilenet_v2 (3,504,872) less its classifier and its final 1x1 conv of 1280.
+  last_conv = 320 * 1280 + 2 * 1280
+  assert sum(x.size for x in jax.tree.leaves(params)) == 3_504_872 - 1_281_000 - last_conv
+  half = jax.eval_shape(mobilenet.MobileNetV2(depth_multiplier=0.5).init, jax.random.key(0), x)
+  assert half['params']['layer18']['project']['kernel'].shape[-1] == 160
+  assert mobilenet.make_divisible(32 * 0.35) == 16  # never rounds down by more than 10%
+
+
+def test_v2_multi_scale_inputs_are_fused_by_max_with_a_loss_each():
+  config = family_config('resnet50', name='deeplabv2', context='aspp_l', output_stride=8,
+                         input_scales=(1.0, 0.75, 0.5), **{'aspp.atrous_rates': (6, 12, 18, 24)})
+  model = deeplab.build_model(config, num_classes=4)
+  x = jax.random.normal(jax.random.key(0), (2, 48, 48, 3))
+  variables = model.init(jax.random.key(1), x)
+  assert set(variables['params']) == {'backbone', 'aspp_l'}
+  assert set(variables['params']['aspp_l']) == {'branch1', 'branch2', 'branch3', 'branch4'}
+  logits, extra = model.apply(variables, x, return_aux=True)
+  assert [name for name, _, _ in extra] == ['scale_1.0', 'scale_0.75', 'scale_0.5']
+  np.testing.assert_array_equal(logits, jnp.max(jnp.stack([t for _, t, _ in extra]), axis=0))
+  assert not np.allclose(extra[0][1], extra[2][1])  # the scales really differ
+  np.testing.assert_array_equal(model.apply(variables, x), logits)
+
+
+def test_torchvision_head_and_auxiliary_head():
+  config = family_config('resnet50', name='deeplabv3', output_stride=8,
+                         **{'backbone.layout': 'torchvision', 'aspp.output_conv': True,
+                            'aux_head.endpoint': 'block3', 'aux_head.loss_weight': 0.5})
+  model = deeplab.build_model(config, num_classes=4)
+  x = jnp.ones((1, 32, 32, 3))
+  variables = model.init(jax.random.key(1), x)
+  assert 'output_conv' in variables['params']['aspp'] and 'aux_head' in variables['params']
+  logits, extra = model.apply(variables, x, return_aux=True)
+  assert [(n, t.shape, w) for n, t, w in extra] == [('aux_head', (1, 32, 32, 4), 0.5)]
+  assert model.apply(variables, x).shape == logits.shape
+
+
+@pytest.mark.parametrize('context', ['context_module', 'none'])
+def test_context_module_and_cascade(context):
+  config = family_config('resnet50', name='deeplabv3', context=context, output_stride=16,
+                         **{'backbone.extra_blocks': 3, 'backbone.multi_grid': (1, 2, 4),
+                            'backbone.units': (1, 1, 1, 3)})
+  model = deeplab.build_model(config, num_classes=3)
+  convs = _conv_rates(model, jnp.zeros((1, 64, 64, 3)))
+  # Blocks 5-7 copy block4 at doubling rates, multi-grid in each (v3 paper, section 3.2).
+  for b, rate in ((4, 2), (5, 4), (6, 8), (7, 16)):
+    got = [convs[f'backbone/block{b}_unit{u}/conv2/conv'][1][0] for u in (1, 2, 3)]
+    assert got == [rate, 2 * rate, 4 * rate]
+  if context == 'context_module':
+    got = [convs[f'context_module/conv{i}/conv'][1][0] for i in range(1, 8)]
+    assert got == [1, 1, 2, 4, 8, 16, 1]
+
+
+def test_separable_aspp_and_decoder():
+  config = family_config('xception65', **{'aspp.separable': True, 'decoder.separable': True,
+                                           'backbone.units': (1,)})
+  model = deeplab.build_model(config, num_classes=3)
+  params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))['params']
+  assert set(params['aspp']['atrous1']) == {'depthwise', 'depthwise_bn', 'pointwise',
+                                            'pointwise_bn'}
+  assert 'depthwise' in params['decoder']['conv1'] and 'conv' in params['aspp']['conv1x1']
+
+
+@pytest.mark.parametrize('backbone, changes, message', [
+    ('xception65', {'output_stride': 4}, 'output_stride=4 is not one of (8, 16, 32)'),
+    ('vgg16', {'output_stride': 4}, 'output_stride=4 is not one of (8, 16, 32)'),
+    ('mobilenetv2', {'backbone.depth_multiplier': -1.0}, 'depth_multiplier=-1.0 must be > 0'),
+    ('resnet50', {'context': 'context_module', 'context_module.atrous_rates': (1, -2)},
+     'has rate -2'),
+    ('vgg16', {'backbone.fc6_rate': 0}, 'has rate 0'),
+    ('xception65', {'decoder.low_level_endpoint': 'block1'},
+     "low_level_endpoint='block1' is not an endpoint of the backbone; it has ['entry_block1'"),
+    ('resnet50', {'aux_head.endpoint': 'layer3'}, "aux_head.endpoint='layer3' is not an endpoint"),
+    ('resnet50', {'name': 'deeplabv1'}, "model.context='aspp' does not belong to "
+     "model.name='deeplabv1'"),
+    ('resnet50', {'context': 'crf'}, "model.context='crf' is not one of"),
+    ('resnet50', {'backbone.layout': 'caffe'}, "model.backbone.layout='caffe' is not one of"),
+    ('vgg16', {'backbone.units': (1, 1)}, "'vgg16' has a fixed depth"),
+    ('xception65', {'backbone.extra_blocks': 2}, 'copies of ResNet block4'),
+    ('xception65', {'backbone.multi_grid': (1, 2)}, 'multi_grid=(1, 2) needs one rate per'),
+    ('resnet50', {'input_scales': (1.0, 0.0)}, 'model.input_scales=(1.0, 0.0)'),
+])
+def test_impossible_family_settings_fail_with_the_value(backbone, changes, message):
+  with pytest.raises(UserError) as info:
+    model = deeplab.build_model(family_config(backbone, **changes), num_classes=3)
+    jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+  assert message in str(info.value)
+  assert '\n' not in str(info.value)

@@ -26,13 +26,24 @@ class DatasetSpec:
   # Files that key the prepared copy of a data folder; None for generated sets.
   fingerprint_files: Optional[Callable[[str], Sequence[str]]] = None
   unavailable: str = ''  # non-empty: why this data set cannot be read yet
+  classes: int = 0       # class count of a set without a builder yet
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.builder.CLASS_NAMES) if self.builder else self.classes
 
 
 DATASETS = {
     'synthetic': DatasetSpec(synthetic.SyntheticScenes),
     'camvid': DatasetSpec(camvid.CamVid, camvid.fingerprint_files),
-    'cityscapes': DatasetSpec(None, unavailable=(
+    'cityscapes': DatasetSpec(None, classes=19, unavailable=(
         'the Cityscapes reader is not built yet (it comes with the data sets issue); '
+        'train on camvid or synthetic until then.')),
+    'voc': DatasetSpec(None, classes=21, unavailable=(
+        'the PASCAL VOC + SBD reader is not built yet (it comes with the data sets issue); '
+        'train on camvid or synthetic until then.')),
+    'ade20k': DatasetSpec(None, classes=150, unavailable=(
+        'the ADE20K reader is not built yet (it comes with the data sets issue); '
         'train on camvid or synthetic until then.')),
 }
 

@@ -1,7 +1,16 @@
-"""Assembles DeepLab v3 and v3+ from a config: backbone -> ASPP -> (decoder) -> classifier."""
+"""Assembles every DeepLab from a config: backbone -> context module -> (decoder) -> classifier.
+
+  v1   VGG-16 LargeFOV (fc6 at rate 12) -> 1x1 classifier              context 'none'
+  v2   ResNet-101 OS8 -> ASPP-L (rates 6/12/18/24, logits summed)       context 'aspp_l'
+       with multi-scale inputs (1, 0.75, 0.5) fused by max
+  v3   ResNet OS16 + multi-grid -> ASPP + image pooling -> classifier   context 'aspp', or the
+       cascade (backbone.extra_blocks) / stacked-rate context module for ablations
+  v3+  v3 encoder (ResNet, Xception, MobileNetV2) -> decoder on stride-4 features
+torchvision's DeepLabv3 is v3 with `aspp.output_conv`, dropout 0.5 and `aux_head`.
+"""
 
 import functools
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -10,42 +19,113 @@ import ml_collections
 from deeplab_jax.errors import UserError
 from deeplab_jax.models import aspp as aspp_lib
 from deeplab_jax.models import decoder as decoder_lib
+from deeplab_jax.models import heads
 from deeplab_jax.models import layers
+from deeplab_jax.models import mobilenet
 from deeplab_jax.models import resnet
+from deeplab_jax.models import vgg
+from deeplab_jax.models import xception
 
 BACKBONES = {
     'resnet50': resnet.ResNet50,
     'resnet101': resnet.ResNet101,
+    'xception65': xception.Xception65,
+    'xception71': xception.Xception71,
+    'vgg16': vgg.VGG16,
+    'mobilenetv2': mobilenet.MobileNetV2,
 }
-HEADS = ('deeplabv3', 'deeplabv3plus')
+# The context modules each family member may use.
+HEADS = {
+    'deeplabv1': ('none',),
+    'deeplabv2': ('aspp_l',),
+    'deeplabv3': ('aspp', 'context_module', 'none'),
+    'deeplabv3plus': ('aspp', 'context_module', 'none'),
+}
+CONTEXTS = ('aspp', 'aspp_l', 'context_module', 'none')
+OUTPUT_STRIDES = (8, 16, 32)
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
 class DeepLab(nn.Module):
-  """A DeepLab network; logits are resized bilinearly to the input size (float32)."""
+  """A DeepLab network; logits are resized bilinearly to the input size (float32).
+
+  `__call__(images, train, return_aux=True)` also returns the extra outputs that carry a
+  loss, as (name, logits, weight): the logits of each input scale when there are several
+  (v2), and the auxiliary head's logits (torchvision).
+  """
   num_classes: int
   backbone: Callable[..., nn.Module]
-  aspp: Callable[..., nn.Module]
+  context: Optional[Callable[..., nn.Module]] = None
+  context_name: str = 'aspp'
+  context_gives_logits: bool = False
   decoder: Optional[Callable[..., nn.Module]] = None
   low_level_endpoint: str = 'block1'
+  aux_head: Optional[Callable[..., nn.Module]] = None
+  aux_endpoint: str = ''
+  aux_loss_weight: float = 0.0
+  input_scales: Sequence[float] = (1.0,)
   bn_momentum: float = 0.99
   bn_epsilon: float = 1e-5
   dtype: Any = jnp.float32
 
+  def _endpoint(self, endpoints, name, field):
+    if name not in endpoints:
+      raise UserError(f'{field}={name!r} is not an endpoint of the backbone; it has '
+                      f'{sorted(endpoints)}.')
+    return endpoints[name]
+
   @nn.compact
-  def __call__(self, images, train: bool = False):
+  def __call__(self, images, train: bool = False, return_aux: bool = False):
     norm = layers.make_norm(train, self.bn_momentum, self.bn_epsilon, self.dtype)
-    x = images.astype(self.dtype)
-    endpoints = self.backbone(norm=norm, dtype=self.dtype, name='backbone')(x)
-    x = self.aspp(norm=norm, dtype=self.dtype, name='aspp')(endpoints['features'], train)
-    if self.decoder is not None:
-      if self.low_level_endpoint not in endpoints:
-        raise UserError(f'decoder low_level_endpoint={self.low_level_endpoint!r} is not an '
-                         f'endpoint of the backbone; it has {sorted(endpoints)}.')
-      x = self.decoder(norm=norm, dtype=self.dtype, name='decoder')(
-          x, endpoints[self.low_level_endpoint])
-    logits = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name='classifier')(x)
-    return layers.resize_bilinear(logits.astype(jnp.float32), images.shape[1:3])
+    backbone = self.backbone(norm=norm, dtype=self.dtype, name='backbone')
+    context = (self.context(norm=norm, dtype=self.dtype, name=self.context_name)
+               if self.context else None)
+    decoder = self.decoder(norm=norm, dtype=self.dtype, name='decoder') if self.decoder else None
+    classifier = (None if self.context_gives_logits else
+                  nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name='classifier'))
+    aux_head = (self.aux_head(norm=norm, dtype=self.dtype, name='aux_head')
+                if self.aux_head else None)
+
+    def forward(x, with_aux):
+      endpoints = backbone(x, train=train)
+      low_level = (self._endpoint(endpoints, self.low_level_endpoint,
+                                  'model.decoder.low_level_endpoint') if decoder else None)
+      y = endpoints['features']
+      if context is not None:
+        y = context(y, train=train)
+      if classifier is not None:
+        if decoder is not None:
+          y = decoder(y, low_level)
+        y = classifier(y)
+      aux = None
+      if aux_head is not None and with_aux:
+        aux = aux_head(self._endpoint(endpoints, self.aux_endpoint, 'model.aux_head.endpoint'),
+                       train=train)
+      return y, aux
+
+    size = images.shape[1:3]
+    to_input = lambda t: layers.resize_bilinear(t.astype(jnp.float32), size)
+    with_aux = return_aux or self.is_initializing()
+    per_scale, aux = [], None
+    for i, scale in enumerate(self.input_scales):
+      x = images.astype(self.dtype)
+      if scale != 1.0:
+        x = layers.resize_bilinear(x, tuple(max(1, round(s * scale)) for s in size))
+      logits, scale_aux = forward(x, with_aux and i == 0)
+      per_scale.append(to_input(logits))
+      if scale_aux is not None:
+        aux = to_input(scale_aux)
+    logits = per_scale[0]
+    for other in per_scale[1:]:
+      logits = jnp.maximum(logits, other)  # v2: multi-scale logits fused by max
+    if not return_aux:
+      return logits
+    extra = []
+    if len(per_scale) > 1:
+      extra += [(f'scale_{s}', t, 1.0) for s, t in zip(self.input_scales, per_scale)]
+    if aux is not None:
+      extra.append(('aux_head', aux, self.aux_loss_weight))
+    return logits, extra
 
 
 def _choice(value, valid, field):
@@ -54,31 +134,94 @@ def _choice(value, valid, field):
   return value
 
 
+def _backbone(c):
+  """(backbone partial, its default low-level endpoint) from the model config."""
+  b = c.backbone
+  multi_grid = tuple(b.multi_grid) if b.multi_grid else None
+  units = tuple(b.units) if b.units else ()
+  kwargs = dict(output_stride=c.output_stride, width_multiplier=c.width_multiplier)
+  if b.extra_blocks and not b.name.startswith('resnet'):
+    raise UserError(f'model.backbone.extra_blocks={b.extra_blocks}: the cascaded blocks are '
+                    f'copies of ResNet block4; {b.name!r} has none.')
+  if b.name.startswith('resnet'):
+    kwargs.update(multi_grid=multi_grid, beta_stem=b.beta_stem, layout=b.layout,
+                  extra_blocks=b.extra_blocks)
+    if units:
+      if len(units) != 4 or min(units) < 1:
+        raise UserError(f'model.backbone.units={units} needs 4 blocks of at least 1 unit.')
+      kwargs['units'] = units
+    else:
+      units = BACKBONES[b.name].keywords['units']
+    _choice(b.layout, resnet.LAYOUTS, 'model.backbone.layout')
+    low_level = resnet.default_low_level_endpoint(units, b.layout)
+  elif b.name.startswith('xception'):
+    kwargs.update(multi_grid=multi_grid)
+    if units:
+      if len(units) != 1:
+        raise UserError(f'model.backbone.units={units}: Xception takes one number, the '
+                        'middle-flow units (16).')
+      kwargs['middle_units'] = units[0]
+    low_level = xception.LOW_LEVEL_ENDPOINTS[b.name]
+  else:
+    if units:
+      raise UserError(f'model.backbone.units={units}: {b.name!r} has a fixed depth; '
+                      'leave units empty.')
+    if b.name == 'vgg16':
+      kwargs.update(fc6_rate=b.fc6_rate, fc_features=b.fc_features, dropout_rate=b.dropout_rate)
+      low_level = 'conv3'
+    else:
+      kwargs.update(depth_multiplier=b.depth_multiplier)
+      low_level = 'layer4_depthwise'
+  return functools.partial(BACKBONES[b.name], **kwargs), low_level
+
+
 def build_model(model_config: ml_collections.ConfigDict, num_classes: int) -> DeepLab:
   """Builds the DeepLab module named by `model_config` (fields as in configs/common.py)."""
   c = model_config
   _choice(c.name, HEADS, 'model.name')
   _choice(c.backbone.name, BACKBONES, 'model.backbone.name')
   _choice(c.dtype, DTYPES, 'model.dtype')
-  if c.output_stride not in resnet.OUTPUT_STRIDES:
-    raise UserError(f'model.output_stride={c.output_stride} is not one of '
-                     f'{resnet.OUTPUT_STRIDES}.')
-  layers.check_rates(tuple(c.aspp.atrous_rates), 'model.aspp.atrous_rates')
+  _choice(c.context, CONTEXTS, 'model.context')
+  if c.context not in HEADS[c.name]:
+    raise UserError(f'model.context={c.context!r} does not belong to model.name={c.name!r}, '
+                    f'which takes {HEADS[c.name]}.')
+  if c.output_stride not in OUTPUT_STRIDES:
+    raise UserError(f'model.output_stride={c.output_stride} is not one of {OUTPUT_STRIDES}.')
+  scales = tuple(c.input_scales)
+  if not scales or any(not 0 < s <= 4 for s in scales):
+    raise UserError(f'model.input_scales={scales} needs at least one scale, each in (0, 4].')
   width = functools.partial(layers.scaled, width_multiplier=c.width_multiplier)
-  backbone_kwargs = dict(output_stride=c.output_stride, beta_stem=c.backbone.beta_stem,
-                         width_multiplier=c.width_multiplier,
-                         multi_grid=tuple(c.backbone.multi_grid) if c.backbone.multi_grid else None)
-  if c.backbone.units:
-    backbone_kwargs['units'] = tuple(c.backbone.units)
-  backbone = functools.partial(BACKBONES[c.backbone.name], **backbone_kwargs)
-  aspp = functools.partial(aspp_lib.ASPP, atrous_rates=tuple(c.aspp.atrous_rates),
-                           features=width(c.aspp.features), image_pooling=c.aspp.image_pooling,
-                           dropout_rate=c.aspp.dropout_rate)
+  backbone, default_low_level = _backbone(c)
+
+  context, context_name, gives_logits = None, c.context, False
+  if c.context == 'aspp':
+    layers.check_rates(tuple(c.aspp.atrous_rates), 'model.aspp.atrous_rates')
+    context = functools.partial(
+        aspp_lib.ASPP, atrous_rates=tuple(c.aspp.atrous_rates), features=width(c.aspp.features),
+        image_pooling=c.aspp.image_pooling, dropout_rate=c.aspp.dropout_rate,
+        separable=c.aspp.separable, output_conv=c.aspp.output_conv)
+  elif c.context == 'aspp_l':
+    layers.check_rates(tuple(c.aspp.atrous_rates), 'model.aspp.atrous_rates')
+    context = functools.partial(heads.ASPPL, num_classes, atrous_rates=tuple(c.aspp.atrous_rates))
+    gives_logits = True
+  elif c.context == 'context_module':
+    layers.check_rates(tuple(c.context_module.atrous_rates), 'model.context_module.atrous_rates')
+    context = functools.partial(heads.ContextModule,
+                                atrous_rates=tuple(c.context_module.atrous_rates),
+                                features=width(c.context_module.features))
   decoder = None
   if c.name == 'deeplabv3plus':
     decoder = functools.partial(decoder_lib.Decoder,
                                 low_level_features=width(c.decoder.low_level_features),
-                                features=width(c.decoder.features))
-  return DeepLab(num_classes=num_classes, backbone=backbone, aspp=aspp, decoder=decoder,
-                 low_level_endpoint=c.decoder.low_level_endpoint, bn_momentum=c.bn_momentum,
-                 bn_epsilon=c.bn_epsilon, dtype=DTYPES[c.dtype])
+                                features=width(c.decoder.features),
+                                separable=c.decoder.separable)
+  aux_head = None
+  if c.aux_head.endpoint:
+    aux_head = functools.partial(heads.FCNHead, num_classes, features=width(c.aux_head.features),
+                                 dropout_rate=c.aux_head.dropout_rate)
+  return DeepLab(num_classes=num_classes, backbone=backbone, context=context,
+                 context_name=context_name, context_gives_logits=gives_logits, decoder=decoder,
+                 low_level_endpoint=c.decoder.low_level_endpoint or default_low_level,
+                 aux_head=aux_head, aux_endpoint=c.aux_head.endpoint,
+                 aux_loss_weight=c.aux_head.loss_weight, input_scales=scales,
+                 bn_momentum=c.bn_momentum, bn_epsilon=c.bn_epsilon, dtype=DTYPES[c.dtype])

@@ -50,6 +50,58 @@ class ConvBN(nn.Module):
     return nn.relu(x) if self.relu else x
 
 
+class SeparableConvBN(nn.Module):
+  """Depthwise atrous 3x3 -> BN -> ReLU -> pointwise 1x1 -> BN -> ReLU (Xception, v3+)."""
+  features: int
+  kernel_size: int = 3
+  strides: int = 1
+  rate: int = 1
+  relu: bool = True
+  norm: ModuleDef = DEFAULT_NORM
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    k = self.kernel_size
+    x = nn.Conv(x.shape[-1], (k, k), strides=(self.strides, self.strides),
+                padding=atrous_padding(k, self.rate), kernel_dilation=(self.rate, self.rate),
+                feature_group_count=x.shape[-1], use_bias=False, dtype=self.dtype,
+                name='depthwise')(x)
+    x = nn.relu(self.norm(name='depthwise_bn')(x))
+    x = nn.Conv(self.features, (1, 1), use_bias=False, dtype=self.dtype, name='pointwise')(x)
+    x = self.norm(name='pointwise_bn')(x)
+    return nn.relu(x) if self.relu else x
+
+
+def conv_bn(separable: bool) -> Callable[..., nn.Module]:
+  """The 3x3 conv of a head: plain (ResNet) or depthwise-separable (Xception, MobileNet)."""
+  return SeparableConvBN if separable else ConvBN
+
+
+def unit_plan(unit_strides: Sequence[int], output_stride: int, current_stride: int):
+  """(stride, rate) per unit for a target output stride, the TF-slim / torchvision rule.
+
+  Units keep their stride until the running stride reaches `output_stride`; from then on a
+  unit's stride becomes 1 and the rate of every later unit is multiplied by it. The unit
+  whose stride is removed still runs at the earlier rate (slim's `stack_blocks_dense`,
+  torchvision's `replace_stride_with_dilation`).
+  """
+  rate, plan = 1, []
+  for stride in unit_strides:
+    if stride > 1 and current_stride >= output_stride:
+      plan.append((1, rate))
+      rate *= stride
+    else:
+      plan.append((stride, rate))
+      current_stride *= stride
+  return plan
+
+
+def check_output_stride(output_stride: int, valid: Sequence[int] = (8, 16, 32)) -> None:
+  if output_stride not in valid:
+    raise UserError(f'output_stride={output_stride} is not one of {tuple(valid)}.')
+
+
 def resize_bilinear(x: jax.Array, size: Sequence[int]) -> jax.Array:
   """Bilinear resize of NHWC features to spatial `size` (half-pixel centres)."""
   if tuple(x.shape[1:3]) == tuple(size):

@@ -1,14 +1,22 @@
-"""Dilated (atrous) ResNet v1 for DeepLab.
+"""Dilated (atrous) ResNet v1 for DeepLab, in three layouts.
 
 The output stride is set by replacing the stride of the late blocks with atrous
-convolutions (v3 paper, section 3.2): at OS16 block4 runs at rate 2, at OS8
-block3 runs at rate 2 and block4 at rate 4. Multi-grid multiplies the rates of
-block4's units. The stride of a block sits on the 3x3 conv of its first unit
-(the torchvision layout).
+convolutions (v3 paper, section 3.2): at OS16 block4 runs at rate 2, at OS8 block3 runs
+at rate 2 and block4 at rate 4. Multi-grid multiplies the rates of block4's units.
+
+Layouts (`layout`), so that weights of either public kind can be loaded:
+  'deeplab'      stride on the 3x3 conv of a block's first unit; every unit of a block whose
+                 stride became atrous runs at the block's rate (the v3 paper's description).
+  'torchvision'  the same parameters; the first unit of a dilated block runs at the previous
+                 rate, as torchvision's `replace_stride_with_dilation` does.
+  'tfslim'       stride on the 3x3 conv of a block's last unit (blocks 1-3), the shortcut of a
+                 strided unit subsampled; rates as slim's `stack_blocks_dense`.
+`extra_blocks` appends copies of block4 as blocks 5, 6, ... (the v3 paper's cascaded
+"going deeper" model): each would halve the resolution, so each doubles the rate instead.
 """
 
 import functools
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -17,12 +25,12 @@ from deeplab_jax.errors import UserError
 from deeplab_jax.models import layers
 
 OUTPUT_STRIDES = (8, 16, 32)
+LAYOUTS = ('deeplab', 'torchvision', 'tfslim')
 
 
 def block_strides_and_rates(output_stride: int, num_blocks: int = 4):
-  """Per-block (stride, rate) for blocks 1..num_blocks after a stride-4 stem."""
-  if output_stride not in OUTPUT_STRIDES:
-    raise UserError(f'output_stride={output_stride} is not one of {OUTPUT_STRIDES}.')
+  """Per-block (stride, rate) for blocks 1..num_blocks after a stride-4 stem ('deeplab')."""
+  layers.check_output_stride(output_stride, OUTPUT_STRIDES)
   current, rate, out = 4, 1, []
   for i in range(num_blocks):
     stride = 1 if i == 0 else 2
@@ -35,11 +43,34 @@ def block_strides_and_rates(output_stride: int, num_blocks: int = 4):
   return out
 
 
+def unit_strides_and_rates(units: Sequence[int], output_stride: int,
+                           layout: str) -> List[List[Tuple[int, int]]]:
+  """(stride, rate) of every unit, block by block, for one of LAYOUTS."""
+  layers.check_output_stride(output_stride, OUTPUT_STRIDES)
+  if layout not in LAYOUTS:
+    raise UserError(f'model.backbone.layout={layout!r} is not one of {LAYOUTS}.')
+  if layout == 'deeplab':
+    plan = block_strides_and_rates(output_stride, len(units))
+    return [[(stride if u == 0 else 1, rate) for u in range(n)]
+            for n, (stride, rate) in zip(units, plan)]
+  # Nominal unit strides: the first unit of blocks 2.. halves the resolution.
+  strides = [[2 if (b > 0 and u == 0) else 1 for u in range(n)] for b, n in enumerate(units)]
+  if layout == 'tfslim':  # the same strides, each moved to the last unit of the block before
+    strides = [[1] * (n - 1) + [2 if b + 1 < len(units) else 1] for b, n in enumerate(units)]
+  flat = layers.unit_plan([s for block in strides for s in block], output_stride, 4)
+  out, i = [], 0
+  for n in units:
+    out.append(flat[i:i + n])
+    i += n
+  return out
+
+
 class Bottleneck(nn.Module):
   """ResNet v1 bottleneck unit: 1x1 -> 3x3 (strided, atrous) -> 1x1, expansion 4."""
   filters: int
   strides: int = 1
   rate: int = 1
+  subsample_shortcut: bool = False  # TF-slim: identity shortcut subsampled when strided
   norm: Any = layers.DEFAULT_NORM
   dtype: Any = jnp.float32
 
@@ -47,8 +78,13 @@ class Bottleneck(nn.Module):
   def __call__(self, x):
     conv = functools.partial(layers.ConvBN, norm=self.norm, dtype=self.dtype)
     shortcut = x
-    if x.shape[-1] != self.filters * 4 or self.strides != 1:
+    if x.shape[-1] != self.filters * 4:
       shortcut = conv(self.filters * 4, 1, self.strides, relu=False, name='shortcut')(x)
+    elif self.strides != 1:
+      if self.subsample_shortcut:
+        shortcut = x[:, ::self.strides, ::self.strides]
+      else:
+        shortcut = conv(self.filters * 4, 1, self.strides, relu=False, name='shortcut')(x)
     y = conv(self.filters, 1, name='conv1')(x)
     y = conv(self.filters, 3, self.strides, self.rate, name='conv2')(y)
     y = conv(self.filters * 4, 1, relu=False, name='conv3')(y)
@@ -61,28 +97,37 @@ class ResNet(nn.Module):
   Attributes:
     units: units per block, (3, 4, 6, 3) for ResNet-50.
     output_stride: 8, 16 or 32.
-    multi_grid: rate multipliers for the units of the last block, or None.
+    multi_grid: rate multipliers for the units of the last block (and of every extra block).
     beta_stem: three 3x3 convs (64, 64, 128) in place of the 7x7 stem.
+    layout: one of LAYOUTS.
+    extra_blocks: copies of block4 appended as blocks 5.. (cascaded DeepLabv3).
     width_multiplier: scales every channel count (tiny test models).
-  Returns a dict: `stem` (stride 4), `block1`..`block4`, and `features` (the last).
+  Returns a dict: `stem` (stride 4), `blockB_unitU` for every unit, `block1`.. (the last unit
+  of each block), and `features` (the last block).
   """
   units: Sequence[int] = (3, 4, 6, 3)
   output_stride: int = 16
   multi_grid: Optional[Sequence[int]] = None
   beta_stem: bool = False
+  layout: str = 'deeplab'
+  extra_blocks: int = 0
   width_multiplier: float = 1.0
   norm: Any = layers.DEFAULT_NORM
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x) -> Dict[str, Any]:
+  def __call__(self, x, train: bool = False) -> Dict[str, Any]:
+    del train  # BatchNorm's mode comes with `norm`.
     w = functools.partial(layers.scaled, width_multiplier=self.width_multiplier)
     conv = functools.partial(layers.ConvBN, norm=self.norm, dtype=self.dtype)
-    plan = block_strides_and_rates(self.output_stride, len(self.units))
+    if self.extra_blocks < 0:
+      raise UserError(f'model.backbone.extra_blocks={self.extra_blocks} must be >= 0.')
+    units = tuple(self.units) + (self.units[-1],) * self.extra_blocks
+    plan = unit_strides_and_rates(units, self.output_stride, self.layout)
     multi_grid = tuple(self.multi_grid) if self.multi_grid else (1,) * self.units[-1]
     if len(multi_grid) != self.units[-1]:
       raise UserError(f'multi_grid={multi_grid} needs one rate per unit of the last block '
-                       f'({self.units[-1]} units).')
+                      f'({self.units[-1]} units).')
     layers.check_rates(multi_grid, 'multi_grid')
 
     if self.beta_stem:
@@ -93,15 +138,23 @@ class ResNet(nn.Module):
       x = conv(w(64), 7, 2, name='stem_conv1')(x)
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     endpoints = {'stem': x}
-    for b, (num_units, (stride, rate)) in enumerate(zip(self.units, plan)):
-      last = b == len(self.units) - 1
-      for u in range(num_units):
-        unit_rate = rate * (multi_grid[u] if last else 1)
-        x = Bottleneck(w(64 * 2**b), stride if u == 0 else 1, unit_rate, norm=self.norm,
-                       dtype=self.dtype, name=f'block{b + 1}_unit{u + 1}')(x)
+    for b, block_plan in enumerate(plan):
+      grid = multi_grid if b >= len(self.units) - 1 else (1,) * len(block_plan)
+      filters = w(64 * 2**min(b, 3))
+      for u, (stride, rate) in enumerate(block_plan):
+        x = Bottleneck(filters, stride, rate * grid[u], subsample_shortcut=self.layout == 'tfslim',
+                       norm=self.norm, dtype=self.dtype, name=f'block{b + 1}_unit{u + 1}')(x)
+        endpoints[f'block{b + 1}_unit{u + 1}'] = x
       endpoints[f'block{b + 1}'] = x
     endpoints['features'] = x
     return endpoints
+
+
+def default_low_level_endpoint(units: Sequence[int], layout: str) -> str:
+  """The stride-4 endpoint the v3+ decoder reads: block1, or the unit before its stride."""
+  if layout != 'tfslim':
+    return 'block1'
+  return f'block1_unit{units[0] - 1}' if units[0] > 1 else 'stem'
 
 
 ResNet50 = functools.partial(ResNet, units=(3, 4, 6, 3))

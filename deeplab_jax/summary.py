@@ -1,0 +1,199 @@
+r"""What a config's model costs: parameters, multiply-adds, receptive field, ASPP taps.
+
+  python -m deeplab_jax.summary --config=configs/v3plus_cityscapes.py --crop=513,513 [--json]
+
+Multiply-adds count every convolution (kernel taps x input channels per group x output
+channels x output pixels) of one image at inference, image pooling at its 1 x 1 size; the
+bilinear resizes, BatchNorm and activations are not counted (the convention of the DeepLab
+papers and model zoo). Parameters count trainable values (BatchNorm scale and offset, not
+its running statistics), as torchvision's `parameters()` does.
+
+The receptive field is measured, not derived: a copy of the network (8 channels per layer;
+the field does not depend on width) with positive weights, max pooling replaced by average
+pooling and ReLU6 by ReLU, so nothing cancels, is differentiated at the centre logit before
+the final upsampling; the rows and columns of the input with a non-zero gradient are the
+field. Image pooling sees the whole image and is left out of this figure.
+
+For each 3x3 ASPP branch: how many of its 9 taps land inside the feature map at this crop,
+at the centre pixel and on average over all pixels (v3 paper, figure 4): at rates near the
+feature size a 3x3 filter degenerates to its centre tap.
+"""
+
+import copy
+import json
+import math
+from typing import Any, Dict, Sequence, Tuple
+from unittest import mock
+
+from absl import app
+from absl import flags
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ml_collections import config_flags
+
+from deeplab_jax import data
+from deeplab_jax.errors import UserError
+from deeplab_jax.models import deeplab
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
+                                          lock_config=True)
+_CROP = flags.DEFINE_string('crop', '', 'H,W of the input; default: the config\'s crop size.')
+_JSON = flags.DEFINE_bool('json', False, 'Print one JSON object.')
+
+
+def parse_crop(text: str) -> Tuple[int, int]:
+  try:
+    h, w = (int(v) for v in text.split(','))
+  except ValueError:
+    raise UserError(f'--crop={text!r} must be two integers H,W, like 513,513.') from None
+  if h < 1 or w < 1:
+    raise UserError(f'--crop={text!r} must be positive.')
+  return h, w
+
+
+def count_params(model, crop: Sequence[int]) -> int:
+  variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *crop, 3)))
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(variables['params'])))
+
+
+def count_macs(model, crop: Sequence[int]) -> Tuple[int, Dict[str, int]]:
+  """Multiply-adds of one inference forward pass, in total and by top-level module."""
+  by_module: Dict[str, int] = {}
+
+  def interceptor(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    module = context.module
+    if isinstance(module, nn.Conv) and context.method_name == '__call__':
+      cin = args[0].shape[-1]
+      macs = (int(np.prod(out.shape[:-1])) * int(np.prod(module.kernel_size))
+              * (cin // module.feature_group_count) * out.shape[-1])
+      top = module.scope.path[0] if module.scope.path else '?'
+      by_module[top] = by_module.get(top, 0) + macs
+    return out
+
+  variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *crop, 3)))
+  with nn.intercept_methods(interceptor):
+    jax.eval_shape(lambda v: model.apply(v, jnp.zeros((1, *crop, 3))), variables)
+  return sum(by_module.values()), by_module
+
+
+def _positive_variables(variables):
+  """Weights that average (kernel 1 / fan-in), BatchNorm as identity, biases 0, in float64."""
+  def fill(path, x):
+    name = path[-1].key
+    if name == 'kernel':
+      return jnp.full(x.shape, 1.0 / np.prod(x.shape[:-1]), jnp.float64)
+    if name in ('scale', 'var'):
+      return jnp.ones(x.shape, jnp.float64)
+    return jnp.zeros(x.shape, jnp.float64)
+  return jax.tree_util.tree_map_with_path(fill, variables)
+
+
+def receptive_field(model_config, num_classes: int, max_size: int = 4097) -> int:
+  """Measured receptive field (pixels along one side) of the centre logit; see module doc."""
+  c = copy.deepcopy(model_config)
+  c.width_multiplier = 1e-3  # every layer at the 8-channel minimum
+  c.aspp.image_pooling = False
+  c.input_scales = (1.0,)
+  c.aux_head.endpoint = ''
+  c.dtype = 'float32'
+  model = deeplab.build_model(c, num_classes=1).clone(dtype=jnp.float64)
+  logits_module = 'aspp_l' if c.context == 'aspp_l' else 'classifier'
+  size = 257
+  with jax.enable_x64(True), \
+      mock.patch.object(nn, 'max_pool', nn.avg_pool), mock.patch.object(nn, 'relu6', nn.relu):
+    while True:
+      x0 = jnp.ones((1, size, size, 3), jnp.float64)
+      variables = _positive_variables(
+          jax.eval_shape(model.init, jax.random.key(0), x0.astype(jnp.float32)))
+
+      def centre_logit(x):
+        _, state = model.apply(variables, x, capture_intermediates=(
+            lambda m, method: m.name == logits_module and method == '__call__'),
+            mutable=['intermediates'])
+        logits = state['intermediates'][logits_module]['__call__'][0]
+        h, w = logits.shape[1:3]
+        return logits[0, h // 2, w // 2, 0]
+
+      grad = jax.jit(jax.grad(centre_logit))(x0)
+      support = np.asarray(jnp.any(grad[0] != 0, axis=-1))
+      rows, cols = np.nonzero(support.any(axis=1))[0], np.nonzero(support.any(axis=0))[0]
+      touches = rows[0] == 0 or rows[-1] == size - 1 or cols[0] == 0 or cols[-1] == size - 1
+      if not touches or size >= max_size:
+        field = max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1)
+        return int(field) if not touches else -int(field)  # negative: at least this
+      size = 2 * size - 1
+
+
+def aspp_taps(feature_size: Sequence[int], rate: int) -> Dict[str, float]:
+  """Taps of a 3x3 filter at `rate` that land inside an h x w map (zero padding outside)."""
+  def per_axis(n):
+    pos = np.arange(n)
+    return sum(((pos + o >= 0) & (pos + o < n)).astype(float) for o in (-rate, 0, rate))
+  counts = [per_axis(n) for n in feature_size]
+  centre = counts[0][feature_size[0] // 2] * counts[1][feature_size[1] // 2]
+  return {'rate': rate, 'centre_taps': int(centre),
+          'mean_taps': round(float(counts[0].mean() * counts[1].mean()), 3)}
+
+
+def feature_size(crop: Sequence[int], output_stride: int) -> Tuple[int, int]:
+  """SAME-padded stride-2 convs round up: 513 at OS16 -> 33."""
+  return tuple(math.ceil(s / output_stride) for s in crop)
+
+
+def summarize(config, crop=None, with_receptive_field: bool = True) -> Dict[str, Any]:
+  if config.data.name not in data.DATASETS:
+    raise UserError(f'data.name={config.data.name!r} is not one of {tuple(data.DATASETS)}.')
+  num_classes = data.DATASETS[config.data.name].num_classes
+  crop = tuple(crop or config.data.crop_size)
+  model = deeplab.build_model(config.model, num_classes)
+  macs, by_module = count_macs(model, crop)
+  m = config.model
+  result = {
+      'model': m.name, 'backbone': m.backbone.name, 'context': m.context,
+      'output_stride': m.output_stride, 'crop': list(crop), 'num_classes': num_classes,
+      'params': count_params(model, crop), 'macs': macs, 'macs_by_module': by_module,
+  }
+  if m.context in ('aspp', 'aspp_l'):
+    fs = feature_size(crop, m.output_stride)
+    result['aspp_feature_size'] = list(fs)
+    result['aspp_taps'] = [aspp_taps(fs, r) for r in m.aspp.atrous_rates]
+  if with_receptive_field:
+    result['receptive_field'] = receptive_field(m, num_classes)
+  return result
+
+
+def format_text(r: Dict[str, Any]) -> str:
+  lines = [f"{r['model']} / {r['backbone']} / context {r['context']}, OS{r['output_stride']}, "
+           f"{r['num_classes']} classes, input {r['crop'][0]} x {r['crop'][1]}",
+           f"  parameters       {r['params']:,}",
+           f"  multiply-adds    {r['macs'] / 1e9:.2f} B  (" + ', '.join(
+               f'{k} {v / 1e9:.2f} B' for k, v in r['macs_by_module'].items()) + ')']
+  if 'receptive_field' in r:
+    rf = r['receptive_field']
+    lines.append(f'  receptive field  {rf} px' if rf > 0 else
+                 f'  receptive field  at least {-rf} px')
+  if 'aspp_taps' in r:
+    h, w = r['aspp_feature_size']
+    lines.append(f'  ASPP 3x3 taps inside the {h} x {w} feature map (of 9):')
+    for t in r['aspp_taps']:
+      lines.append(f"    rate {t['rate']:>3}: centre {t['centre_taps']}, mean {t['mean_taps']}")
+  return '\n'.join(lines)
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  try:
+    crop = parse_crop(_CROP.value) if _CROP.value else None
+    result = summarize(config, crop)
+  except UserError as e:
+    raise SystemExit(f'error: {e}')
+  print(json.dumps(result) if _JSON.value else format_text(result))
+
+
+if __name__ == '__main__':
+  jax.config.update('jax_platforms', 'cpu')
+  app.run(main)
