@@ -91,8 +91,12 @@ def _positive_variables(variables):
   return jax.tree_util.tree_map_with_path(fill, variables)
 
 
-def receptive_field(model_config, num_classes: int, max_size: int = 4097) -> int:
-  """Measured receptive field (pixels along one side) of the centre logit; see module doc."""
+def receptive_field(model_config, max_size: int = 4097) -> Tuple[int, bool]:
+  """Measured receptive field (pixels along one side) of the centre logit; see module doc.
+
+  Returns (field, lower_bound): lower_bound is True when the field filled the largest input
+  tried (`max_size`), so the field is at least that.
+  """
   c = copy.deepcopy(model_config)
   c.width_multiplier = 1e-3  # every layer at the 8-channel minimum
   c.aspp.image_pooling = False
@@ -122,8 +126,7 @@ def receptive_field(model_config, num_classes: int, max_size: int = 4097) -> int
       rows, cols = np.nonzero(support.any(axis=1))[0], np.nonzero(support.any(axis=0))[0]
       touches = rows[0] == 0 or rows[-1] == size - 1 or cols[0] == 0 or cols[-1] == size - 1
       if not touches or size >= max_size:
-        field = max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1)
-        return int(field) if not touches else -int(field)  # negative: at least this
+        return int(max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1)), bool(touches)
       size = 2 * size - 1
 
 
@@ -161,7 +164,9 @@ def summarize(config, crop=None, with_receptive_field: bool = True) -> Dict[str,
     result['aspp_feature_size'] = list(fs)
     result['aspp_taps'] = [aspp_taps(fs, r) for r in m.aspp.atrous_rates]
   if with_receptive_field:
-    result['receptive_field'] = receptive_field(m, num_classes)
+    rf, lower_bound = receptive_field(m)
+    result['receptive_field'] = rf
+    result['receptive_field_is_lower_bound'] = lower_bound
   return result
 
 
@@ -172,9 +177,8 @@ def format_text(r: Dict[str, Any]) -> str:
            f"  multiply-adds    {r['macs'] / 1e9:.2f} B  (" + ', '.join(
                f'{k} {v / 1e9:.2f} B' for k, v in r['macs_by_module'].items()) + ')']
   if 'receptive_field' in r:
-    rf = r['receptive_field']
-    lines.append(f'  receptive field  {rf} px' if rf > 0 else
-                 f'  receptive field  at least {-rf} px')
+    at_least = 'at least ' if r['receptive_field_is_lower_bound'] else ''
+    lines.append(f"  receptive field  {at_least}{r['receptive_field']} px (image pooling: all)")
   if 'aspp_taps' in r:
     h, w = r['aspp_feature_size']
     lines.append(f'  ASPP 3x3 taps inside the {h} x {w} feature map (of 9):')
