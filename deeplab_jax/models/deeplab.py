@@ -51,7 +51,9 @@ class DeepLab(nn.Module):
 
   `__call__(images, train, return_aux=True)` also returns the extra outputs that carry a
   loss, as (name, logits, weight): the logits of each input scale when there are several
-  (v2), and the auxiliary head's logits (torchvision).
+  (v2), and the auxiliary head's logits (torchvision). With several input scales the scales
+  share every weight; in training each pass updates the BatchNorm running statistics in turn
+  (scale 1 first), so they average over the scales.
   """
   num_classes: int
   backbone: Callable[..., nn.Module]
