@@ -20,6 +20,14 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.data.flip = True              # random left-right flip
   config.data.mean = (123.675, 116.28, 103.53)  # RGB, 0..255
   config.data.std = (58.395, 57.12, 57.375)
+  # Photometric jitter, each a maximum delta (0 = off): brightness in 0..255 units, contrast
+  # and saturation as factors in [1 - x, 1 + x], hue as a fraction of the colour wheel.
+  config.data.brightness = 0.0
+  config.data.contrast = 0.0
+  config.data.saturation = 0.0
+  config.data.hue = 0.0
+  config.data.skip_bad_examples = False  # skip (and count) unreadable or bad pairs, not stop
+  config.data.ignore_label = 255       # the 'folder' data set's ignore label
 
   config.model = ml_collections.ConfigDict()
   # deeplabv1 | deeplabv2 | deeplabv3 | deeplabv3plus (v3plus adds the decoder).
