@@ -100,6 +100,14 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.eval.batch_size = 8           # global
   config.eval.image_size = (513, 513)  # every image is padded to this (label with ignore)
   config.eval.input_scale = 1.0        # image resized by this for the model; scored at full size
+  config.eval.mode = 'whole'           # or 'sliding': windows of eval.window_size
+  config.eval.scales = (1.0,)          # multi-scale: (0.5, 0.75, 1.0, 1.25, 1.5, 1.75), averaged
+  config.eval.flip = False             # add left-right flipped passes
+  config.eval.window_size = ()         # sliding windows; () = data.crop_size
+  config.eval.window_overlap = 1 / 3   # fraction of a window shared with its neighbour
+  config.eval.output_stride = 0        # 0 = the model's; 8 evaluates an OS16 model at OS8
+  config.eval.poll_seconds = 10        # eval_continuous: how often to look for checkpoints
+  config.eval.wait_seconds = 3600      # eval_continuous: give up after this long without one
   config.eval.num_images_to_write = 4  # input | ground truth | prediction panels per evaluation
 
   # Device mesh as data: axis names and sizes, -1 = the rest of the devices. The batch is
@@ -118,13 +126,20 @@ def parse_variant(arg, allowed, path):
   return set(words)
 
 
+# Weight decay on every kernel but the depthwise ones (the public code's regularize_depthwise
+# False for Xception and MobileNetV2).
+NO_DEPTHWISE_DECAY = r'(?!.*depthwise/kernel$).*/kernel$'
+
+
 def use_xception(config, name='xception65'):
   """The v3+ paper's Xception encoder-decoder: separable ASPP and decoder, weight decay 4e-5."""
   config.model.backbone.name = name
   config.model.backbone.multi_grid = (1, 1, 1)
   config.model.aspp.separable = True
   config.model.decoder.separable = True
+  config.model.bn_epsilon = 1e-3     # the public code's Xception BatchNorm
   config.optim.weight_decay = 4e-5
+  config.optim.weight_decay_pattern = NO_DEPTHWISE_DECAY
   return config
 
 

@@ -17,6 +17,7 @@ def get_config(arg=None):
   variant = common.parse_variant(arg, {'smoke'}, 'configs/v1_voc.py')
   config = common.get_base_config()
   config.data.name = 'voc'
+  config.data.train_split = 'train_aug'  # VOC train + SBD, 10,582 images
   config.data.crop_size = (321, 321)
   config.data.min_scale = config.data.max_scale = 1.0  # v1 trained without scale jitter
   config.model.name = 'deeplabv1'

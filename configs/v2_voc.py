@@ -6,8 +6,9 @@
 The v2 paper's recipe (section 4.1): crops of 321, batch 10, poly learning rate 2.5e-4
 (power 0.9) for 20k steps, momentum 0.9, weight decay 5e-4; inputs at scales 1, 0.75 and
 0.5 through shared weights, logits fused by max, with a loss on each scale and on the
-fused output. Not reproduced: the frozen ImageNet BatchNorm statistics (there are no
-pretrained weights yet) and the dense CRF. Variant `:smoke` is a tiny model for tests.
+fused output; random scaling 0.5 to 1.5 and flips. Not reproduced: the 10x learning rate of
+the classifier, the frozen ImageNet BatchNorm statistics (there are no pretrained weights
+yet) and the dense CRF. Variant `:smoke` is a tiny model for tests.
 """
 
 from configs import common
@@ -17,7 +18,9 @@ def get_config(arg=None):
   variant = common.parse_variant(arg, {'smoke'}, 'configs/v2_voc.py')
   config = common.get_base_config()
   config.data.name = 'voc'
+  config.data.train_split = 'train_aug'  # VOC train + SBD, 10,582 images
   config.data.crop_size = (321, 321)
+  config.data.max_scale = 1.5          # v2 table 4: random scale 0.5 to 1.5
   config.model.name = 'deeplabv2'
   config.model.context = 'aspp_l'
   config.model.output_stride = 8

@@ -24,6 +24,7 @@ def get_config(arg=None):
     raise ValueError('configs/v3_torchvision.py: choose one of resnet50, resnet101.')
   config = common.get_base_config()
   config.data.name = 'voc'
+  config.data.train_split = 'train_aug'  # VOC train + SBD, 10,582 images
   config.data.crop_size = (480, 480)
   config.model.name = 'deeplabv3'
   config.model.output_stride = 8

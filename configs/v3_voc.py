@@ -22,6 +22,7 @@ def get_config(arg=None):
                                  'configs/v3_voc.py')
   config = common.get_base_config()
   config.data.name = 'voc'
+  config.data.train_split = 'train_aug'  # VOC train + SBD, 10,582 images
   config.data.crop_size = (513, 513)
   config.model.name = 'deeplabv3'
   config.model.context = 'aspp'
@@ -29,7 +30,8 @@ def get_config(arg=None):
   config.model.bn_momentum = 0.9997
   config.model.backbone.name = 'resnet50' if 'resnet50' in variant else 'resnet101'
   config.model.backbone.multi_grid = (1, 2, 4)
-  config.model.backbone.beta_stem = True  # the public code's ResNet-101 'beta'
+  config.model.backbone.beta_stem = True  # the public code's ResNet-101 'beta',
+  config.model.backbone.layout = 'tfslim'  # with its strides on the last unit
   config.model.aspp.atrous_rates = (6, 12, 18)
   if 'cascade' in variant:
     config.model.backbone.extra_blocks = 3

@@ -28,7 +28,8 @@ def get_config(arg=None):
   if 'resnet101' in variant:
     config.model.backbone.name = 'resnet101'
     config.model.backbone.multi_grid = (1, 2, 4)
-    config.model.backbone.beta_stem = True  # the public code's ResNet-101 'beta'
+    config.model.backbone.beta_stem = True  # the public code's ResNet-101 'beta',
+    config.model.backbone.layout = 'tfslim'  # with its strides on the last unit
     config.optim.weight_decay = 1e-4
   else:
     common.use_xception(config, 'xception65')

@@ -17,6 +17,7 @@ def get_config(arg=None):
                                  'configs/v3plus_voc.py')
   config = common.get_base_config()
   config.data.name = 'voc'
+  config.data.train_split = 'train_aug'  # VOC train + SBD, 10,582 images
   config.data.crop_size = (513, 513)
   config.model.name = 'deeplabv3plus'
   config.model.output_stride = 16
@@ -25,7 +26,8 @@ def get_config(arg=None):
   if 'resnet101' in variant:
     config.model.backbone.name = 'resnet101'
     config.model.backbone.multi_grid = (1, 2, 4)
-    config.model.backbone.beta_stem = True  # the public code's ResNet-101 'beta'
+    config.model.backbone.beta_stem = True  # the public code's ResNet-101 'beta',
+    config.model.backbone.layout = 'tfslim'  # with its strides on the last unit
     config.optim.weight_decay = 1e-4
   else:
     common.use_xception(config, 'xception71' if 'xception71' in variant else 'xception65')

@@ -1,6 +1,13 @@
-"""Whole-split evaluation: confusion matrix over every example, mIoU, and prediction panels."""
+"""Whole-split evaluation: confusion matrix over every example, mIoU, and prediction panels.
 
+Inference follows config.eval: whole (padded) images or sliding windows, any set of input
+scales with or without left-right flips (logits averaged), at the trained output stride or
+another one (OS8 for a model trained at OS16).
+"""
+
+import copy
 import json
+import math
 from typing import Callable, Dict
 
 from etils import epath
@@ -12,23 +19,123 @@ from jax.experimental import multihost_utils
 from deeplab_jax import metrics
 from deeplab_jax import sharding
 from deeplab_jax.data import input_pipeline
+from deeplab_jax.errors import UserError
+from deeplab_jax.models import deeplab
 from deeplab_jax.models import layers
 
 
-def make_eval_step(model, num_classes: int, input_scale: float) -> Callable:
+EVAL_MODES = ('whole', 'sliding')
+
+
+def build_eval_model(config, num_classes: int):
+  """The model evaluation runs: the trained one, or the same weights at eval.output_stride.
+
+  Evaluating an OS16 model at OS8 (v3 paper, section 4.1) removes one more stride and doubles
+  every rate after it, the context module's included, so each filter still sees the same
+  image area; the parameters are unchanged.
+  """
+  c = config.model
+  eval_stride = config.eval.output_stride or c.output_stride
+  if eval_stride not in deeplab.OUTPUT_STRIDES:
+    raise UserError(f'eval.output_stride={eval_stride} is not one of {deeplab.OUTPUT_STRIDES} '
+                    '(or 0: the model\'s own).')
+  if eval_stride == c.output_stride:
+    return deeplab.build_model(c, num_classes)
+  c = copy.deepcopy(c)
+  factor = c.output_stride / eval_stride
+
+  def rescale(rates, field):
+    scaled = tuple(r * factor for r in rates)
+    if any(r != int(r) or r < 1 for r in scaled):
+      raise UserError(f'eval.output_stride={eval_stride} with model.output_stride='
+                      f'{c.output_stride} turns {field}={tuple(rates)} into {scaled}; rates '
+                      'must stay whole numbers.')
+    return tuple(int(r) for r in scaled)
+
+  c.output_stride = eval_stride
+  c.aspp.atrous_rates = rescale(c.aspp.atrous_rates, 'model.aspp.atrous_rates')
+  c.context_module.atrous_rates = rescale(c.context_module.atrous_rates,
+                                          'model.context_module.atrous_rates')
+  if c.backbone.name == 'vgg16':
+    c.backbone.fc6_rate = rescale((c.backbone.fc6_rate,), 'model.backbone.fc6_rate')[0]
+  return deeplab.build_model(c, num_classes)
+
+
+def _starts(size: int, window: int, stride: int):
+  """Window offsets that cover [0, size): a regular grid plus one flush with the end."""
+  if size <= window:
+    return [0]
+  return sorted(set(range(0, size - window, stride)) | {size - window})
+
+
+def sliding_window_logits(apply_fn, images, window, overlap: float):
+  """Logits of overlapping windows (all run as one batch), averaged where they overlap."""
+  b, h, w, _ = images.shape
+  wh, ww = min(window[0], h), min(window[1], w)
+  stride_h = max(1, int(math.ceil(wh * (1 - overlap))))
+  stride_w = max(1, int(math.ceil(ww * (1 - overlap))))
+  offsets = [(t, l) for t in _starts(h, wh, stride_h) for l in _starts(w, ww, stride_w)]
+  windows = jnp.concatenate([images[:, t:t + wh, l:l + ww] for t, l in offsets], axis=0)
+  logits = apply_fn(windows).reshape(len(offsets), b, wh, ww, -1)
+  total = jnp.zeros((b, h, w, logits.shape[-1]), jnp.float32)
+  count = jnp.zeros((1, h, w, 1), jnp.float32)
+  for i, (t, l) in enumerate(offsets):
+    total = total.at[:, t:t + wh, l:l + ww].add(logits[i])
+    count = count.at[:, t:t + wh, l:l + ww].add(1.0)
+  return total / count
+
+
+def predict_logits(model, variables, images, config):
+  """Float32 logits at the images' size under config.eval's protocol.
+
+  Each of eval.scales (times eval.input_scale) resizes the image; eval.flip adds the
+  left-right mirror of each; eval.mode 'sliding' runs windows of eval.window_size (default
+  data.crop_size) with eval.window_overlap. The logits of all passes, resized to the image,
+  are averaged.
+  """
+  e = config.eval
+  size = images.shape[1:3]
+  window = tuple(e.window_size) or tuple(config.data.crop_size)
+  apply_fn = lambda x: model.apply(variables, x, train=False)
+  total, passes = 0.0, 0
+  for scale in e.scales:
+    s = scale * e.input_scale
+    scaled = images if s == 1.0 else layers.resize_bilinear(
+        images, tuple(max(1, round(d * s)) for d in size))
+    for flip in ((False, True) if e.flip else (False,)):
+      x = scaled[:, :, ::-1] if flip else scaled
+      if e.mode == 'sliding':
+        logits = sliding_window_logits(apply_fn, x, window, e.window_overlap)
+      else:
+        logits = apply_fn(x)
+      logits = logits[:, :, ::-1] if flip else logits
+      total = total + layers.resize_bilinear(logits, size)
+      passes += 1
+  return total / passes
+
+
+def make_eval_step(model, num_classes: int, config) -> Callable:
   """(state, batch) -> (confusion [K, K], predictions [B, H, W]) at the label's full size."""
   def eval_step(state, batch):
-    images = batch['image']
-    size = images.shape[1:3]
-    if input_scale != 1.0:
-      images = layers.resize_bilinear(
-          images, tuple(max(1, round(s * input_scale)) for s in size))
-    logits = model.apply({'params': state.params, 'batch_stats': state.batch_stats}, images,
-                         train=False)
-    predictions = jnp.argmax(layers.resize_bilinear(logits, size), axis=-1)
+    variables = {'params': state.params, 'batch_stats': state.batch_stats}
+    predictions = jnp.argmax(predict_logits(model, variables, batch['image'], config), axis=-1)
     weights = jnp.broadcast_to(batch['mask'][:, None, None], batch['label'].shape)
     return metrics.confusion_matrix(batch['label'], predictions, num_classes, weights), predictions
   return eval_step
+
+
+def check_eval_config(config) -> None:
+  """One-line errors for impossible evaluation settings."""
+  e = config.eval
+  if e.mode not in EVAL_MODES:
+    raise UserError(f'eval.mode={e.mode!r} is not one of {EVAL_MODES}.')
+  if not e.scales or any(s <= 0 for s in e.scales):
+    raise UserError(f'eval.scales={tuple(e.scales)} needs at least one scale, each > 0.')
+  if not 0 <= e.window_overlap < 1:
+    raise UserError(f'eval.window_overlap={e.window_overlap} must be in [0, 1).')
+  window = tuple(e.window_size) or tuple(config.data.crop_size)
+  if len(window) != 2 or min(window) < 1:
+    raise UserError(f'eval.window_size={tuple(e.window_size)} must be (height, width).')
 
 
 def colorize(label: np.ndarray, colors, ignore_label: int) -> np.ndarray:

@@ -18,8 +18,10 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and evals.')
-_MODE = flags.DEFINE_enum('mode', 'train_and_eval', ['train_and_eval', 'eval'],
-                          'train_and_eval, or eval: evaluate the latest checkpoint once.')
+_MODE = flags.DEFINE_enum(
+    'mode', 'train_and_eval', ['train_and_eval', 'eval', 'eval_continuous'],
+    'train_and_eval; eval: evaluate the latest checkpoint once; eval_continuous: evaluate '
+    'each new checkpoint as it appears, until the final one (or eval.wait_seconds without one).')
 _DISTRIBUTED = flags.DEFINE_bool(
     'jax_distributed', False,
     'Call jax.distributed.initialize() (from the environment on TPU pods and SLURM, or from '
@@ -64,6 +66,8 @@ def main(argv):
   try:
     if _MODE.value == 'eval':
       train.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
+    elif _MODE.value == 'eval_continuous':
+      train.evaluate_continuously(_CONFIG.value, _WORKDIR.value)
     else:
       train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (UserError, train.NonFiniteLossError) as e:

@@ -11,8 +11,8 @@ its running statistics), as torchvision's `parameters()` does.
 The receptive field is measured, not derived: a copy of the network (8 channels per layer;
 the field does not depend on width) with positive weights, max pooling replaced by average
 pooling and ReLU6 by ReLU, so nothing cancels, is differentiated at the centre logit before
-the final upsampling; the rows and columns of the input with a non-zero gradient are the
-field. Image pooling sees the whole image and is left out of this figure.
+the final upsampling; the input rows with a non-zero gradient are the field. Image pooling
+sees the whole image and is left out of this figure.
 
 For each 3x3 ASPP branch: how many of its 9 taps land inside the feature map at this crop,
 at the centre pixel and on average over all pixels (v3 paper, figure 4): at rates near the
@@ -91,11 +91,15 @@ def _positive_variables(variables):
   return jax.tree_util.tree_map_with_path(fill, variables)
 
 
-def receptive_field(model_config, max_size: int = 4097) -> Tuple[int, bool]:
-  """Measured receptive field (pixels along one side) of the centre logit; see module doc.
+def receptive_field(model_config, max_size: int = 65537) -> Tuple[int, bool]:
+  """Measured receptive field (input rows) of the centre logit; see the module docstring.
 
-  Returns (field, lower_bound): lower_bound is True when the field filled the largest input
-  tried (`max_size`), so the field is at least that.
+  The field is measured along the height of a tall, narrow input (64 columns): a filter's
+  rows are reachable through its centre column alone, so the row span is the square field's
+  side, and a tall input is cheap. The height doubles until the measured span stays the same
+  and clear of the border: taps that fall into the zero padding carry nothing, so a too-small
+  input gives a too-small field without touching the border.
+  Returns (field, lower_bound): lower_bound is True when the field still grew at `max_size`.
   """
   c = copy.deepcopy(model_config)
   c.width_multiplier = 1e-3  # every layer at the 8-channel minimum
@@ -105,28 +109,34 @@ def receptive_field(model_config, max_size: int = 4097) -> Tuple[int, bool]:
   c.dtype = 'float32'
   model = deeplab.build_model(c, num_classes=1).clone(dtype=jnp.float64)
   logits_module = 'aspp_l' if c.context == 'aspp_l' else 'classifier'
-  size = 257
+
+  def measure(height, width=64):
+    x0 = jnp.ones((1, height, width, 3), jnp.float64)
+    variables = _positive_variables(
+        jax.eval_shape(model.init, jax.random.key(0), x0.astype(jnp.float32)))
+
+    def centre_logit(x):
+      _, state = model.apply(variables, x, capture_intermediates=(
+          lambda m, method: m.name == logits_module and method == '__call__'),
+          mutable=['intermediates'])
+      logits = state['intermediates'][logits_module]['__call__'][0]
+      h, w = logits.shape[1:3]
+      return logits[0, h // 2, w // 2, 0]
+
+    grad = jax.jit(jax.grad(centre_logit))(x0)
+    rows = np.nonzero(np.asarray(jnp.any(grad[0] != 0, axis=(1, 2))))[0]
+    return int(rows[-1] - rows[0] + 1), bool(rows[0] == 0 or rows[-1] == height - 1)
+
   with jax.enable_x64(True), \
       mock.patch.object(nn, 'max_pool', nn.avg_pool), mock.patch.object(nn, 'relu6', nn.relu):
+    size, previous = 257, None
     while True:
-      x0 = jnp.ones((1, size, size, 3), jnp.float64)
-      variables = _positive_variables(
-          jax.eval_shape(model.init, jax.random.key(0), x0.astype(jnp.float32)))
-
-      def centre_logit(x):
-        _, state = model.apply(variables, x, capture_intermediates=(
-            lambda m, method: m.name == logits_module and method == '__call__'),
-            mutable=['intermediates'])
-        logits = state['intermediates'][logits_module]['__call__'][0]
-        h, w = logits.shape[1:3]
-        return logits[0, h // 2, w // 2, 0]
-
-      grad = jax.jit(jax.grad(centre_logit))(x0)
-      support = np.asarray(jnp.any(grad[0] != 0, axis=-1))
-      rows, cols = np.nonzero(support.any(axis=1))[0], np.nonzero(support.any(axis=0))[0]
-      touches = rows[0] == 0 or rows[-1] == size - 1 or cols[0] == 0 or cols[-1] == size - 1
-      if not touches or size >= max_size:
-        return int(max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1)), bool(touches)
+      field, touches = measure(size)
+      if not touches and field == previous:
+        return field, False
+      if size >= max_size:
+        return field, True
+      previous = None if touches else field
       size = 2 * size - 1
 
 
@@ -147,9 +157,7 @@ def feature_size(crop: Sequence[int], output_stride: int) -> Tuple[int, int]:
 
 
 def summarize(config, crop=None, with_receptive_field: bool = True) -> Dict[str, Any]:
-  if config.data.name not in data.DATASETS:
-    raise UserError(f'data.name={config.data.name!r} is not one of {tuple(data.DATASETS)}.')
-  num_classes = data.DATASETS[config.data.name].num_classes
+  num_classes = data.num_classes(config.data)
   crop = tuple(crop or config.data.crop_size)
   model = deeplab.build_model(config.model, num_classes)
   macs, by_module = count_macs(model, crop)

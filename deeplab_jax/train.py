@@ -1,6 +1,7 @@
 """Training and evaluation: train_and_evaluate(config, workdir) and evaluate_checkpoint(...)."""
 
 import difflib
+import time
 from typing import Any
 
 from absl import logging
@@ -61,6 +62,7 @@ def validate_config(config) -> None:
   if not 0 < config.data.min_scale <= config.data.max_scale:
     raise UserError(f'data.min_scale={config.data.min_scale}, data.max_scale='
                     f'{config.data.max_scale}: need 0 < min_scale <= max_scale.')
+  evaluate_lib.check_eval_config(config)
   if config.train.num_steps < 1:
     raise UserError(f'train.num_steps={config.train.num_steps} must be at least 1.')
 
@@ -161,8 +163,8 @@ class _Setup:
     self.latest_checkpoint = latest
     self.writer = metric_writers.create_default_writer(
         workdir, just_logging=jax.process_index() > 0)
-    eval_step = evaluate_lib.make_eval_step(self.model, self.dataset.num_classes,
-                                            config.eval.input_scale)
+    self.eval_model = evaluate_lib.build_eval_model(config, self.dataset.num_classes)
+    eval_step = evaluate_lib.make_eval_step(self.eval_model, self.dataset.num_classes, config)
     self.eval_step = jax.jit(eval_step, out_shardings=(
         sharding.replicated(self.mesh), sharding.batch_sharding(self.mesh, 3)))
     params = sum(x.size for x in jax.tree.leaves(self.abstract_state.params))
@@ -186,6 +188,42 @@ def evaluate_checkpoint(config, workdir: str):
   result = setup.evaluate(config, workdir, setup.latest_checkpoint)
   setup.writer.flush()
   return result
+
+
+def evaluate_continuously(config, workdir: str, sleep=time.sleep, clock=time.monotonic):
+  """Evaluates every new checkpoint in the workdir as it appears (--mode=eval_continuous).
+
+  Stops by itself once the checkpoint of the last training step (train.num_steps) is
+  evaluated, or when no new checkpoint has appeared for eval.wait_seconds. Steps that already
+  have a line in evals.jsonl for this split are not evaluated again.
+  """
+  setup = _Setup(config, workdir)
+  split, done = config.eval.split, set()
+  last_seen = clock()
+  while True:
+    setup.manager.reload()
+    new = [s for s in setup.manager.all_steps() if s not in done]
+    for step in sorted(new):
+      done.add(step)
+      if evaluate_lib.is_evaluated(workdir, split, step):
+        continue
+      try:
+        setup.state = checkpointing.restore(setup.manager, step, setup.abstract_state)
+      except FileNotFoundError:  # removed by checkpoint retention since it was listed
+        logging.warning('Checkpoint %d disappeared before it could be evaluated.', step)
+        continue
+      setup.evaluate(config, workdir, step)
+      setup.writer.flush()
+    if new:
+      last_seen = clock()
+    if done and max(done) >= config.train.num_steps:
+      logging.info('Evaluated the final checkpoint (step %d); stopping.', max(done))
+      return
+    if clock() - last_seen > config.eval.wait_seconds:
+      logging.warning('No new checkpoint in %s/checkpoints for %d s; stopping.', workdir,
+                      config.eval.wait_seconds)
+      return
+    sleep(config.eval.poll_seconds)
 
 
 def train_and_evaluate(config, workdir: str):

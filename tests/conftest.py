@@ -11,6 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 SHARED_DATA = os.path.join(os.path.dirname(ROOT), 'shared', 'data')
 CAMVID = os.path.join(SHARED_DATA, 'camvid')
+FIXTURES = os.path.join(SHARED_DATA, 'fixtures')
 
 import pytest  # pylint: disable=g-import-not-at-top
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -23,6 +24,14 @@ def camvid_root():
   if not os.path.isdir(os.path.join(CAMVID, 'CamVid')):
     pytest.skip(f'real CamVid files not found at {CAMVID} (../shared/data/camvid)')
   return CAMVID
+
+
+@pytest.fixture(scope='session')
+def fixtures_root():
+  """The real VOC, ADE20K and Cityscapes files in their released layouts (read in place)."""
+  if not os.path.isdir(FIXTURES):
+    pytest.skip(f'real data set fixtures not found at {FIXTURES} (../shared/data/fixtures)')
+  return FIXTURES
 
 
 @pytest.fixture(scope='session')

@@ -101,5 +101,5 @@ def test_unknown_variant_is_named():
 def test_cityscapes_stops_with_what_is_missing(tmp_path):
   config = _load('v3plus_cityscapes', None)
   config.data.cache_dir = str(tmp_path)
-  with pytest.raises(UserError, match='the Cityscapes reader is not built yet'):
+  with pytest.raises(UserError, match='needs data.root'):
     data.get_dataset(config.data)

@@ -73,3 +73,85 @@ def test_flip_moves_image_and_label_together():
 def test_unknown_op_names_it():
   with pytest.raises(UserError, match="'rotate' in 'normalize|rotate\\(3\\)' is not one of"):
     preprocess.parse('normalize|rotate(3)')
+
+
+def test_resize_eager_and_inside_tf_data():
+  op = preprocess.build('resize(40, 48)', ignore_label=IGNORE)
+  check_aligned(op(coded_example(), tf.constant([0, 0], tf.int64)))
+  ds = tf.data.Dataset.range(3).map(lambda i: op(coded_example(), tf.stack([i, i])))
+  for out in ds.as_numpy_iterator():
+    check_aligned(out)
+  # Shrinking: labels are still source labels (nearest), at their image pixels.
+  out = preprocess.build('resize(15, 11)', ignore_label=IGNORE)(coded_example(),
+                                                                tf.constant([0, 0], tf.int64))
+  image, label = np.asarray(out['image']), np.asarray(out['label'])[..., 0]
+  assert image.shape == (15, 11, 3) and label.shape == (15, 11)
+  assert set(np.unique(label)) <= {r * 16 + c for r in range(10) for c in range(15)}
+  assert np.all(np.abs(np.round(image[..., 0] / 8.0) // 3 - label // 16) <= 1)
+  assert np.all(np.abs(np.round(image[..., 1] / 5.0) // 3 - label % 16) <= 1)
+
+
+def photo_example(h=20, w=24):
+  rng = np.random.default_rng(0)
+  image = rng.uniform(20, 235, (h, w, 3)).astype(np.float32)
+  label = rng.integers(0, 5, (h, w, 1)).astype(np.int32)
+  return {'image': tf.constant(image), 'label': tf.constant(label)}
+
+
+JITTER = 'color_jitter(32, 0.4, 0.4, 0.1)'
+
+
+def check_jittered(out, ex):
+  image = np.asarray(out['image'])
+  assert image.dtype == np.float32 and image.shape == (20, 24, 3)
+  assert image.min() >= 0 and image.max() <= 255
+  assert not np.allclose(image, np.asarray(ex['image']), atol=1)  # something changed
+  np.testing.assert_array_equal(out['label'], ex['label'])  # labels untouched
+
+
+def test_color_jitter_eager():
+  op = preprocess.build(JITTER, ignore_label=IGNORE)
+  ex = photo_example()
+  out = op(ex, tf.constant([1, 2], tf.int64))
+  check_jittered(out, ex)
+  np.testing.assert_array_equal(out['image'], op(ex, tf.constant([1, 2], tf.int64))['image'])
+  assert not np.allclose(out['image'], op(ex, tf.constant([1, 3], tf.int64))['image'])
+  # Brightness alone shifts every channel of every pixel by one delta within the maximum.
+  out = preprocess.build('color_jitter(32)', ignore_label=IGNORE)(ex, tf.constant([5, 5],
+                                                                                 tf.int64))
+  delta = np.asarray(out['image']) - np.asarray(ex['image'])
+  assert np.allclose(delta, delta.flat[0], atol=1e-3) and 0 < abs(delta.flat[0]) <= 32
+  # All zero: the image comes back (up to float rounding).
+  same = preprocess.build('color_jitter(0, 0, 0, 0)', ignore_label=IGNORE)(
+      ex, tf.constant([0, 0], tf.int64))
+  np.testing.assert_allclose(same['image'], ex['image'], atol=1e-3)
+
+
+def test_color_jitter_inside_tf_data():
+  op = preprocess.build(JITTER, ignore_label=IGNORE)
+  ex = photo_example()
+  ds = tf.data.Dataset.range(8).map(lambda i: op(photo_example(), tf.stack([i, i])),
+                                    num_parallel_calls=4)
+  outs = list(ds.as_numpy_iterator())
+  for out in outs:
+    check_jittered(out, ex)
+  assert len({float(out['image'].mean()) for out in outs}) == 8  # each example its own draw
+
+
+def test_color_jitter_rejects_bad_ranges():
+  with pytest.raises(UserError, match='color_jitter hue=0.7 is not in 0..0.5'):
+    preprocess.build('color_jitter(0, 0, 0, 0.7)', ignore_label=IGNORE)
+  with pytest.raises(UserError, match='color_jitter contrast=-0.1 is not in 0..1.0'):
+    preprocess.build('color_jitter(0, -0.1)', ignore_label=IGNORE)
+
+
+def test_train_spec_adds_color_jitter_before_normalize():
+  from configs import common  # pylint: disable=g-import-not-at-top
+  from deeplab_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  config = common.get_base_config().data
+  assert 'color_jitter' not in input_pipeline.train_spec(config)
+  config.brightness, config.hue = 16.0, 0.05
+  spec = input_pipeline.train_spec(config)
+  assert 'color_jitter(16.0, 0.0, 0.0, 0.05)|normalize(' in spec
+  names = [name for name, _ in preprocess.parse(spec)]
+  assert names.index('color_jitter') < names.index('normalize')

@@ -91,6 +91,9 @@ def test_receptive_field_of_largefov_matches_the_chain_arithmetic():
   assert _chain_field(chain) == 419
   config = _config('v1_voc')
   assert summary.receptive_field(config.model) == (419, False)
+  # A rate whose taps fall outside a small input must not shrink the field: fc6 at rate 24.
+  config.model.backbone.fc6_rate = 24
+  assert summary.receptive_field(config.model) == (419 - 2 * 12 * 8 + 2 * 24 * 8, False)
 
 
 def test_receptive_field_of_a_resnet_v3_matches_the_chain_arithmetic():

@@ -110,7 +110,7 @@ def run_main(*args):
     (['--config.data.crop_size=(8, 8)'], 'data.crop_size=(8, 8) is smaller than model.output_stride=16'),
     (['--config.data.name=camvid', '--config.data.root=/no/such/folder'],
      "data.root='/no/such/folder' is not a folder"),
-    (['--config.data.name=cityscapes'], 'the Cityscapes reader is not built yet'),
+    (['--config.data.name=cityscapes'], 'needs data.root'),
 ])
 def test_bad_settings_give_one_line_errors(tmp_path, cache_dir, args, message):
   result = run_main('--config=configs/quickstart.py:smoke', f'--workdir={tmp_path}',

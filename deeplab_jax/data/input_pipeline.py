@@ -37,6 +37,9 @@ def train_spec(data_config) -> str:
     ops.append(f'scale({c.image_scale})')
   if (c.min_scale, c.max_scale) != (1.0, 1.0):
     ops.append(f'random_scale({c.min_scale}, {c.max_scale})')
+  jitter = (c.brightness, c.contrast, c.saturation, c.hue)
+  if any(jitter):
+    ops.append(f'color_jitter{tuple(float(x) for x in jitter)}')
   ops += [f'normalize({tuple(c.mean)}, {tuple(c.std)})', f'pad_to({h}, {w})',
           f'random_crop({h}, {w})']
   if c.flip:

@@ -55,6 +55,44 @@ def random_scale(min_scale: float, max_scale: float, **_) -> Op:
   return op
 
 
+@register('resize')
+def resize(height: int, width: int, **_) -> Op:
+  """Resizes image (bilinear) and label (nearest) to height x width."""
+  return lambda ex, seed: _resize(ex, [height, width])
+
+
+@register('color_jitter')
+def color_jitter(brightness: float = 0.0, contrast: float = 0.0, saturation: float = 0.0,
+                 hue: float = 0.0, **_) -> Op:
+  """Random photometric change of the image only, values kept in 0..255.
+
+  brightness: largest delta added, in 0..255 units; contrast, saturation: the factor is
+  drawn from [1 - x, 1 + x]; hue: largest shift as a fraction of the colour wheel (<= 0.5).
+  Zero turns a change off. The changes apply in this order, each from its own seed.
+  """
+  for field, value, top in (('brightness', brightness, 255.0), ('contrast', contrast, 1.0),
+                            ('saturation', saturation, None), ('hue', hue, 0.5)):
+    if not value >= 0 or (top is not None and value > top):
+      raise UserError(f'color_jitter {field}={value} is not in 0..{top if top else "inf"}.')
+
+  def op(ex, seed):
+    seeds = tf.random.experimental.stateless_split(seed, 4)
+    image = ex['image'] / 255.0
+    clip = lambda x: tf.clip_by_value(x, 0.0, 1.0)
+    if brightness:
+      image = clip(tf.image.stateless_random_brightness(image, brightness / 255.0, seeds[0]))
+    if contrast:
+      image = clip(tf.image.stateless_random_contrast(image, 1 - contrast, 1 + contrast,
+                                                      seeds[1]))
+    if saturation:
+      image = clip(tf.image.stateless_random_saturation(image, max(1 - saturation, 0.0),
+                                                        1 + saturation, seeds[2]))
+    if hue:
+      image = clip(tf.image.stateless_random_hue(image, hue, seeds[3]))
+    return {**ex, 'image': image * 255.0}
+  return op
+
+
 @register('normalize')
 def normalize(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), **_) -> Op:
   """(image - mean) / std per RGB channel."""

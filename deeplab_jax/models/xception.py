@@ -6,6 +6,10 @@ strided separable conv (the last of a module's three), with a strided 1x1 conv +
 the shortcut. Output strides below 32 replace strides by rates with the TF-slim rule
 (`layers.unit_plan`), as the public DeepLab code does.
 
+This is the paper's (and REFERENCE.md's) post-activation form. The public TF checkpoints
+put a ReLU before each separable conv instead (no ReLU inside, except in exit_block2), which
+has the same parameters; importing them exactly needs that variant (the weights issue).
+
 Endpoints: `entry_blockI` (module outputs), `entry_blockI_sepconv2` (each entry module's
 second separable conv, before its stride: the decoder's stride-4 features),
 `middle`, `exit_block1`, and `features`.
