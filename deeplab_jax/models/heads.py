@@ -1,7 +1,6 @@
 """Context modules that are not ASPP: v2's ASPP-L, the stacked-rate context module, and the
 auxiliary FCN head of torchvision's DeepLabv3."""
 
-import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
