@@ -9,8 +9,7 @@ learning rate 0.01 for 90k steps, weight decay 4e-5, BatchNorm decay 0.9997; sco
 whole 1024 x 2048 images. Variants (comma-separated): `resnet101` (ResNet-101 with
 multi-grid (1, 2, 4) and plain convs, weight decay 1e-4), `smoke` (a tiny model for tests).
 
-The Cityscapes reader comes with the data sets issue; until then training stops at once
-with a one-line message saying so. `python -m deeplab_jax.summary` works already.
+data.root holds the two official zips or their extracted folders (see README.md, Data).
 """
 
 from configs import common

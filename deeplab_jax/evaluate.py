@@ -124,6 +124,20 @@ def make_eval_step(model, num_classes: int, config) -> Callable:
   return eval_step
 
 
+def protocol(config) -> str:
+  """The evaluation protocol in words, kept with each line of evals.jsonl."""
+  e = config.eval
+  words = [e.mode]
+  if e.mode == 'sliding':
+    window = tuple(e.window_size) or tuple(config.data.crop_size)
+    words.append(f'window={window[0]}x{window[1]},overlap={e.window_overlap:.2f}')
+  words.append(f'scales={",".join(str(s) for s in e.scales)}')
+  if e.flip:
+    words.append('flip')
+  words.append(f'os={e.output_stride or config.model.output_stride}')
+  return ' '.join(words)
+
+
 def check_eval_config(config) -> None:
   """One-line errors for impossible evaluation settings."""
   e = config.eval
@@ -172,7 +186,8 @@ def evaluate(config, state, eval_step, dataset, mesh, writer, workdir: str, step
       images_to_write = panels(local['image'][:n], local['label'][:n], predictions[:n],
                                dataset, config.data.mean, config.data.std)
   assert i + 1 == num_batches, (i, num_batches)
-  result = {'step': int(step), 'split': split, **metrics.summarize(confusion, dataset.class_names)}
+  result = {'step': int(step), 'split': split, 'protocol': protocol(config),
+            **metrics.summarize(confusion, dataset.class_names)}
   scalars = {f'{split}/miou': result['miou'], f'{split}/pixel_accuracy': result['pixel_accuracy']}
   scalars.update({f'{split}/iou/{k}': v for k, v in result['per_class_iou'].items()})
   writer.write_scalars(step, scalars)
@@ -192,12 +207,14 @@ def _nan_to_none(x):
   return None if isinstance(x, float) and np.isnan(x) else x
 
 
-def is_evaluated(workdir: str, split: str, step: int) -> bool:
-  """Whether WORKDIR/evals.jsonl has `step` on `split`; process 0 decides for every host."""
+def is_evaluated(workdir: str, config, step: int) -> bool:
+  """Whether WORKDIR/evals.jsonl has `step` on config.eval.split under the config's protocol;
+  process 0 decides for every host."""
   found = False
   if jax.process_index() == 0:
     path = epath.Path(workdir) / 'evals.jsonl'
     if path.exists():
       rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-      found = any(r['step'] == step and r.get('split') == split for r in rows)
+      found = any(r['step'] == step and r.get('split') == config.eval.split
+                  and r.get('protocol') == protocol(config) for r in rows)
   return bool(multihost_utils.broadcast_one_to_all(np.asarray(found)))

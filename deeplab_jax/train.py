@@ -198,14 +198,14 @@ def evaluate_continuously(config, workdir: str, sleep=time.sleep, clock=time.mon
   have a line in evals.jsonl for this split are not evaluated again.
   """
   setup = _Setup(config, workdir)
-  split, done = config.eval.split, set()
+  done = set()
   last_seen = clock()
   while True:
     setup.manager.reload()
     new = [s for s in setup.manager.all_steps() if s not in done]
     for step in sorted(new):
       done.add(step)
-      if evaluate_lib.is_evaluated(workdir, split, step):
+      if evaluate_lib.is_evaluated(workdir, config, step):
         continue
       try:
         setup.state = checkpointing.restore(setup.manager, step, setup.abstract_state)
@@ -238,11 +238,11 @@ def train_and_evaluate(config, workdir: str):
       donate_argnums=0)
   if start >= num_steps:
     logging.info('Training already finished at step %d.', start)
-    if not evaluate_lib.is_evaluated(workdir, config.eval.split, start):
+    if not evaluate_lib.is_evaluated(workdir, config, start):
       setup.evaluate(config, workdir, start)
     return setup.state
   if (start and start % config.train.eval_every_steps == 0
-      and not evaluate_lib.is_evaluated(workdir, config.eval.split, start)):
+      and not evaluate_lib.is_evaluated(workdir, config, start)):
     setup.evaluate(config, workdir, start)  # the run that saved `start` stopped before its eval
 
   batches = input_pipeline.train_batches(setup.dataset, config, start_step=start)

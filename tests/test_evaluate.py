@@ -130,7 +130,7 @@ def test_continuous_evaluation_follows_training_and_stops_by_itself(tmp_path, ca
   first.train.num_steps = 2
   train.train_and_evaluate(first, workdir)  # checkpoint and val evaluation at step 2
   evaluator = config.copy_and_resolve_references()
-  evaluator.eval.split = 'train'
+  evaluator.eval.flip = True  # another protocol than training's own evaluations
   evaluator.eval.poll_seconds = 0
   waits = []
 
@@ -141,8 +141,9 @@ def test_continuous_evaluation_follows_training_and_stops_by_itself(tmp_path, ca
 
   train.evaluate_continuously(evaluator, workdir, sleep=sleep)
   rows = [json.loads(l) for l in open(os.path.join(workdir, 'evals.jsonl'))]
-  assert [(r['step'], r['split']) for r in rows] == [(2, 'val'), (2, 'train'), (4, 'val'),
-                                                     (4, 'train')]
+  assert [(r['step'], r['protocol']) for r in rows] == [
+      (2, 'whole scales=1.0 os=16'), (2, 'whole scales=1.0 flip os=16'),
+      (4, 'whole scales=1.0 os=16'), (4, 'whole scales=1.0 flip os=16')]
   assert len(waits) == 1
   # Run again: everything is evaluated; it stops at once without a new line.
   train.evaluate_continuously(evaluator, workdir, sleep=sleep)
