@@ -40,11 +40,15 @@ from deeplab_jax.data import validation
 from deeplab_jax.errors import UserError
 from deeplab_jax.models import deeplab
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'The training run\'s directory.')
-_INPUT = flags.DEFINE_string('input', None, 'An image, or a folder of images.')
-_OUTPUT = flags.DEFINE_string('output', None, 'Folder for label PNGs and overlays.')
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """The command line's flags (defined only when run as a program, so importing is free)."""
+  config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
+  flags.DEFINE_string('workdir', None, 'The training run\'s directory.')
+  flags.DEFINE_string('input', None, 'An image, or a folder of images.')
+  flags.DEFINE_string('output', None, 'Folder for label PNGs and overlays.')
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
 
@@ -156,11 +160,12 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   try:
-    predict_files(_CONFIG.value, _WORKDIR.value, _INPUT.value, _OUTPUT.value)
+    predict_files(FLAGS.config, FLAGS.workdir, FLAGS.input, FLAGS.output)
   except UserError as e:
     sys.exit(f'error: {e}')
 
 
 if __name__ == '__main__':
+  define_flags()
   flags.mark_flags_as_required(['config', 'workdir', 'input', 'output'])
   app.run(main)

@@ -37,10 +37,14 @@ from deeplab_jax import data
 from deeplab_jax.errors import UserError
 from deeplab_jax.models import deeplab
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
-                                          lock_config=True)
-_CROP = flags.DEFINE_string('crop', '', 'H,W of the input; default: the config\'s crop size.')
-_JSON = flags.DEFINE_bool('json', False, 'Print one JSON object.')
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """The command line's flags (defined only when run as a program, so importing is free)."""
+  config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
+  flags.DEFINE_string('crop', '', 'H,W of the input; default: the config\'s crop size.')
+  flags.DEFINE_bool('json', False, 'Print one JSON object.')
 
 
 def parse_crop(text: str) -> Tuple[int, int]:
@@ -197,15 +201,17 @@ def format_text(r: Dict[str, Any]) -> str:
 
 def main(argv):
   del argv
-  config = _CONFIG.value
+  config = FLAGS.config
   try:
-    crop = parse_crop(_CROP.value) if _CROP.value else None
+    crop = parse_crop(FLAGS.crop) if FLAGS.crop else None
     result = summarize(config, crop)
   except UserError as e:
     raise SystemExit(f'error: {e}')
-  print(json.dumps(result) if _JSON.value else format_text(result))
+  print(json.dumps(result) if FLAGS.json else format_text(result))
 
 
 if __name__ == '__main__':
   jax.config.update('jax_platforms', 'cpu')
+  define_flags()
+  flags.mark_flags_as_required(['config'])
   app.run(main)
