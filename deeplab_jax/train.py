@@ -1,6 +1,8 @@
 """Training and evaluation: train_and_evaluate(config, workdir) and evaluate_checkpoint(...)."""
 
 import difflib
+import signal
+import threading
 import time
 from typing import Any
 
@@ -246,6 +248,7 @@ def train_and_evaluate(config, workdir: str):
     setup.evaluate(config, workdir, start)  # the run that saved `start` stopped before its eval
 
   batches = input_pipeline.train_batches(setup.dataset, config, start_step=start)
+  preemption = _Preemption()
   report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=setup.writer,
                                            every_steps=config.train.log_every_steps)
   state, pending, last_checkpoint = setup.state, [], setup.latest_checkpoint
@@ -259,7 +262,8 @@ def train_and_evaluate(config, workdir: str):
       pending.append((step, step_metrics))
       report(step)
       last = step == num_steps
-      checkpoint_now = step % config.train.checkpoint_every_steps == 0 or last
+      preempted = not last and preemption.reached(step, setup.manager)
+      checkpoint_now = step % config.train.checkpoint_every_steps == 0 or last or preempted
       if step % config.train.log_every_steps == 0 or checkpoint_now:
         fetched = _check_finite(pending, last_checkpoint, workdir)
         pending = []
@@ -268,11 +272,45 @@ def train_and_evaluate(config, workdir: str):
       if checkpoint_now:
         checkpointing.save(setup.manager, step, state)
         last_checkpoint = step
+      if preempted:
+        logging.warning('Preempted (SIGTERM) after step %d: checkpoint saved in %s/checkpoints; '
+                        'the same command continues from it.', step, workdir)
+        break
       if step % config.train.eval_every_steps == 0 or last:
         setup.state = state
         setup.evaluate(config, workdir, step)
   finally:
+    preemption.close()
     setup.manager.wait_until_finished()
     setup.writer.flush()
   return state
+
+
+class _Preemption:
+  """SIGTERM asks the run to save at the next step boundary and stop (exit code 0).
+
+  With several processes JAX's preemption service (started by jax.distributed.initialize)
+  catches the signal and picks one step at which every process stops, through orbax's
+  `reached_preemption`. A single process catches SIGTERM itself.
+  """
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def reached(self, step: int, manager) -> bool:
+    if jax.process_count() > 1:
+      return manager.reached_preemption(step)
+    return self.requested
+
+  def close(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
 

@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -67,6 +69,23 @@ def test_train_evaluate_and_resume_identically(tmp_path, cache_dir, monkeypatch)
   train.train_and_evaluate(smoke_config(cache_dir), part)
   a, b = read_params(full, 4), read_params(part, 4)
   jax.tree.map(np.testing.assert_array_equal, a, b)
+  # SIGTERM during step 3 (a preempted host): a checkpoint at 3, a normal return, and the
+  # relaunched run ends with the same parameters.
+  preempted = str(tmp_path / 'preempted')
+  real = input_pipeline.train_batches
+
+  def signalling(*args, **kwargs):
+    for i, batch in enumerate(real(*args, **kwargs)):
+      if i == 2 and kwargs['start_step'] == 0:
+        os.kill(os.getpid(), signal.SIGTERM)
+      yield batch
+  with monkeypatch.context() as patch:
+    patch.setattr(input_pipeline, 'train_batches', signalling)
+    train.train_and_evaluate(smoke_config(cache_dir), preempted)
+    assert sorted(os.listdir(os.path.join(preempted, 'checkpoints'))) == ['2', '3']
+    assert not os.path.exists(os.path.join(preempted, 'evals.jsonl'))
+    train.train_and_evaluate(smoke_config(cache_dir), preempted)
+  jax.tree.map(np.testing.assert_array_equal, a, read_params(preempted, 4))
   # Run again after the end: nothing is retrained and no evaluation is repeated.
   train.train_and_evaluate(smoke_config(cache_dir), part)
   steps = [json.loads(l)['step'] for l in open(os.path.join(part, 'evals.jsonl'))]
@@ -97,6 +116,28 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, cach
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2']
   params = read_params(workdir, 2)
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_zero(tmp_path, cache_dir):
+  workdir = str(tmp_path / 'w')
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  never = '--config.train.{}=1000000'
+  proc = subprocess.Popen(
+      [sys.executable, '-m', 'deeplab_jax.main', '--config=configs/quickstart.py:smoke',
+       f'--config.data.cache_dir={cache_dir}', f'--workdir={workdir}',
+       never.format('num_steps'), never.format('checkpoint_every_steps'),
+       never.format('eval_every_steps'), never.format('log_every_steps')],
+      cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+  for line in proc.stderr:
+    if 'Training steps' in line:
+      break
+  time.sleep(3)  # some steps in
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-2000:]
+  steps = os.listdir(os.path.join(workdir, 'checkpoints'))
+  assert len(steps) == 1 and 0 < int(steps[0]) < 1000000
+  assert f'Preempted (SIGTERM) after step {steps[0]}' in err
 
 
 def run_main(*args):

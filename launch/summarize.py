@@ -1,0 +1,84 @@
+"""Turns a sweep (launch/sweep.py) into a Markdown table and a PNG plot of mIoU per setting.
+
+  python launch/summarize.py --sweep=/tmp/rates [--protocol='whole scales=1.0 os=16']
+
+Reads WORKDIR/sweep.json and each run's evals.jsonl; for each run it takes the evaluation
+of its last step (under --protocol if given). Writes WORKDIR/results.md and
+WORKDIR/results.png and prints the table.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+
+def last_evaluation(workdir: str, protocol: str = ''):
+  """The evals.jsonl row of the highest step (optionally of one protocol), or None."""
+  path = os.path.join(workdir, 'evals.jsonl')
+  if not os.path.exists(path):
+    return None
+  rows = [json.loads(l) for l in open(path) if l.strip()]
+  rows = [r for r in rows if not protocol or r.get('protocol') == protocol]
+  return max(rows, key=lambda r: r['step']) if rows else None
+
+
+def table(sweep):
+  fields = list(sweep['runs'][0]['setting']) if sweep['runs'] else []
+  lines = ['| ' + ' | '.join(fields + ['step', 'val mIoU', 'pixel accuracy']) + ' |',
+           '|' + '---|' * (len(fields) + 3)]
+  for run in sweep['runs']:
+    row = run.get('result')
+    cells = [run['setting'][f] for f in fields]
+    if row is None:
+      cells += ['not evaluated', '', '']
+    else:
+      cells += [str(row['step']), f'{row["miou"]:.4f}', f'{row["pixel_accuracy"]:.4f}']
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
+def plot(sweep, path: str):
+  done = [r for r in sweep['runs'] if r.get('result')]
+  labels = [', '.join(f'{k.split(".")[-1]}={v}' for k, v in r['setting'].items()) for r in done]
+  values = [r['result']['miou'] for r in done]
+  fig, ax = plt.subplots(figsize=(max(4, 1.6 * len(done)), 3.5))
+  bars = ax.bar(range(len(done)), values, color='tab:blue')
+  ax.bar_label(bars, fmt='%.3f')
+  ax.set_xticks(range(len(done)), labels, rotation=20, ha='right', fontsize=8)
+  ax.set_ylabel('val mIoU')
+  ax.set_ylim(0, max(values + [0.01]) * 1.15)
+  ax.set_title(os.path.basename(sweep['config']))
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--sweep', required=True, help='the workdir given to launch/sweep.py')
+  parser.add_argument('--protocol', default='', help='only evaluations under this protocol')
+  args = parser.parse_args(argv)
+  path = os.path.join(args.sweep, 'sweep.json')
+  if not os.path.exists(path):
+    print(f'error: {path} not found; run launch/sweep.py with --workdir={args.sweep} first.')
+    return 2
+  sweep = json.load(open(path))
+  for run in sweep['runs']:
+    run['result'] = last_evaluation(run['workdir'], args.protocol)
+  text = table(sweep)
+  with open(os.path.join(args.sweep, 'results.md'), 'w') as f:
+    f.write(text + '\n')
+  if any(r['result'] for r in sweep['runs']):
+    plot(sweep, os.path.join(args.sweep, 'results.png'))
+  print(text)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

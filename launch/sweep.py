@@ -1,0 +1,80 @@
+"""Runs one experiment per point of a grid of config values, each in its own workdir.
+
+  python launch/sweep.py --config=configs/v3plus_camvid.py:cpu --workdir=/tmp/rates \
+      --grid='model.aspp.atrous_rates=(1,1,1);(6,12,18);(12,24,36);(24,48,72)' \
+      --grid='model.output_stride=16' -- --config.data.root=../shared/data/camvid
+  python launch/summarize.py --sweep=/tmp/rates
+
+Each --grid is FIELD=V1;V2;...; the runs are the product of all grids. Arguments after
+`--` go to every run. Runs go one after another on this machine (each resumes if it was
+stopped: relaunch the same command); with --print_only the commands are printed instead,
+one per line, for a cluster's job array. WORKDIR/sweep.json lists the runs for summarize.py.
+"""
+
+import argparse
+import itertools
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+
+def parse_grid(text: str):
+  field, sep, values = text.partition('=')
+  if not sep or not field.strip() or not values.strip():
+    raise SystemExit(f'error: --grid={text!r} must be FIELD=V1;V2;...')
+  return field.strip(), [v.strip() for v in values.split(';') if v.strip()]
+
+
+def run_name(setting) -> str:
+  """A folder name for one point: 'atrous_rates-6_12_18,output_stride-16'."""
+  parts = []
+  for field, value in setting:
+    value = re.sub(r'[^A-Za-z0-9.]+', '_', value).strip('_')
+    parts.append(f'{field.split(".")[-1]}-{value}')
+  return ','.join(parts)
+
+
+def plan(config: str, workdir: str, grids, extra):
+  runs = []
+  fields = [f for f, _ in grids]
+  for values in itertools.product(*(v for _, v in grids)):
+    setting = list(zip(fields, values))
+    run_dir = os.path.join(workdir, run_name(setting))
+    command = [sys.executable, '-m', 'deeplab_jax.main', f'--config={config}',
+               f'--workdir={run_dir}', *[f'--config.{f}={v}' for f, v in setting], *extra]
+    runs.append({'name': run_name(setting), 'setting': dict(setting), 'workdir': run_dir,
+                 'command': command})
+  return runs
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--config', required=True)
+  parser.add_argument('--workdir', required=True)
+  parser.add_argument('--grid', action='append', required=True, help='FIELD=V1;V2;...')
+  parser.add_argument('--print_only', action='store_true')
+  parser.add_argument('extra', nargs=argparse.REMAINDER)
+  args = parser.parse_args(argv)
+  extra = [a for a in args.extra if a != '--']
+  runs = plan(args.config, args.workdir, [parse_grid(g) for g in args.grid], extra)
+  os.makedirs(args.workdir, exist_ok=True)
+  with open(os.path.join(args.workdir, 'sweep.json'), 'w') as f:
+    json.dump({'config': args.config, 'runs': runs}, f, indent=1)
+  if args.print_only:
+    for run in runs:
+      print(shlex.join(run['command']))
+    return 0
+  for i, run in enumerate(runs, 1):
+    print(f'[{i}/{len(runs)}] {run["name"]}', flush=True)
+    code = subprocess.call(run['command'])
+    if code:
+      print(f'error: run {run["name"]} exited with {code}; the sweep stops (relaunch resumes).')
+      return code
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

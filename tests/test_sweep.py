@@ -1,0 +1,67 @@
+"""launch/sweep.py turns a grid into runs; launch/summarize.py turns their evals into a table."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'launch'))
+
+import summarize  # pylint: disable=g-import-not-at-top,wrong-import-position
+import sweep  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def test_grid_product_names_and_commands(tmp_path):
+  runs = sweep.plan('configs/quickstart.py', str(tmp_path),
+                    [sweep.parse_grid('model.aspp.atrous_rates=(1,1,1);(6,12,18)'),
+                     sweep.parse_grid('model.output_stride=8;16')], ['--config.seed=1'])
+  assert [r['name'] for r in runs] == [
+      'atrous_rates-1_1_1,output_stride-8', 'atrous_rates-1_1_1,output_stride-16',
+      'atrous_rates-6_12_18,output_stride-8', 'atrous_rates-6_12_18,output_stride-16']
+  assert runs[2]['command'][-3:] == ['--config.model.aspp.atrous_rates=(6,12,18)',
+                                     '--config.model.output_stride=8', '--config.seed=1']
+  assert len({r['workdir'] for r in runs}) == 4
+
+
+def test_a_real_sweep_ends_in_a_table_and_a_plot(tmp_path, cache_dir):
+  workdir = str(tmp_path / 'sweep')
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  subprocess.run(
+      [sys.executable, 'launch/sweep.py', '--config=configs/quickstart.py:smoke',
+       f'--workdir={workdir}', '--grid=model.aspp.atrous_rates=(1,1,1);(2,4,6)', '--',
+       f'--config.data.cache_dir={cache_dir}', '--config.train.num_steps=2',
+       '--config.eval.num_images_to_write=0'],
+      cwd=ROOT, env=env, check=True, capture_output=True, text=True, timeout=600)
+  out = subprocess.run([sys.executable, 'launch/summarize.py', f'--sweep={workdir}'], cwd=ROOT,
+                       env=env, check=True, capture_output=True, text=True).stdout
+  lines = out.strip().splitlines()
+  assert lines[0] == '| model.aspp.atrous_rates | step | val mIoU | pixel accuracy |'
+  assert lines[2].startswith('| (1,1,1) | 2 | 0.') and lines[3].startswith('| (2,4,6) | 2 | 0.')
+  for run in json.load(open(os.path.join(workdir, 'sweep.json')))['runs']:
+    row = summarize.last_evaluation(run['workdir'])
+    assert f'{row["miou"]:.4f}' in out
+  assert open(os.path.join(workdir, 'results.md')).read().strip() == out.strip()
+  assert os.path.getsize(os.path.join(workdir, 'results.png')) > 1000
+  printed = subprocess.run(
+      [sys.executable, 'launch/sweep.py', '--config=configs/quickstart.py:smoke',
+       f'--workdir={workdir}', '--grid=model.output_stride=8;16', '--print_only'],
+      cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout.splitlines()
+  assert len(printed) == 2 and '--config.model.output_stride=16' in printed[1]
+
+
+def test_summarize_marks_runs_not_evaluated(tmp_path):
+  workdir = tmp_path / 's'
+  os.makedirs(workdir / 'a')
+  with open(workdir / 'a' / 'evals.jsonl', 'w') as f:
+    f.write(json.dumps({'step': 5, 'split': 'val', 'protocol': 'p', 'miou': 0.5,
+                        'pixel_accuracy': 0.9}) + '\n')
+    f.write(json.dumps({'step': 9, 'split': 'val', 'protocol': 'q', 'miou': 0.6,
+                        'pixel_accuracy': 0.91}) + '\n')
+  json.dump({'config': 'c.py', 'runs': [
+      {'name': 'a', 'setting': {'x': '1'}, 'workdir': str(workdir / 'a')},
+      {'name': 'b', 'setting': {'x': '2'}, 'workdir': str(workdir / 'b')}]},
+            open(workdir / 'sweep.json', 'w'))
+  assert summarize.main([f'--sweep={workdir}', '--protocol=p']) == 0
+  text = open(workdir / 'results.md').read()
+  assert '| 1 | 5 | 0.5000 | 0.9000 |' in text and '| 2 | not evaluated |  |  |' in text
