@@ -54,7 +54,7 @@ def test_eight_devices_match_one_device(monkeypatch):
   monkeypatch.setitem(deeplab.DTYPES, 'float32', jnp.float64)
   with jax.enable_x64(True):
     reference = one_step((('data', 1),), jax.devices()[:1])
-    for mesh_config in meshes[::2]:
+    for mesh_config in meshes[2:]:  # the most spatially split mesh
       got = one_step(mesh_config, jax.devices())
       # Updates are differences of float32 parameters: equal up to one rounding of a parameter.
       jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=2e-7),
