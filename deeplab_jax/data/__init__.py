@@ -31,8 +31,6 @@ class DatasetSpec:
   builder: Type[tfds.core.GeneratorBasedBuilder]
   # Files that key the prepared copy of a data folder; None for generated sets.
   fingerprint_files: Optional[Callable[[str], Sequence[str]]] = None
-  unavailable: str = ''  # non-empty: why this data set cannot be read yet
-  classes: int = 0       # class count of a set without a builder yet
   # (root, ignore_label) -> (class names, colours), for sets whose classes come from the
   # folder; their builder takes `ignore_label=data.ignore_label`.
   folder_classes: Optional[Callable[[str, int], Tuple[Tuple[str, ...], tuple]]] = None
@@ -41,7 +39,7 @@ class DatasetSpec:
   @property
   def num_classes(self) -> int:
     """The class count, or 0 where it depends on the data folder (see `num_classes`)."""
-    return len(self.builder.CLASS_NAMES) if self.builder else self.classes
+    return len(self.builder.CLASS_NAMES)
 
 
 DATASETS = {
@@ -121,10 +119,7 @@ def _file_lock(path: str):
 def _spec(name: str) -> DatasetSpec:
   if name not in DATASETS:
     raise UserError(f'data.name={name!r} is not one of {tuple(DATASETS)}.')
-  spec = DATASETS[name]
-  if spec.unavailable:
-    raise UserError(f'data.name={name!r}: {spec.unavailable}')
-  return spec
+  return DATASETS[name]
 
 
 def _root(data_config, spec: DatasetSpec) -> str:
