@@ -29,6 +29,10 @@ _DISTRIBUTED = flags.DEFINE_bool(
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'host:port of process 0.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Index of this process.')
+_HEARTBEAT = flags.DEFINE_integer(
+    'heartbeat_timeout_seconds', 100,
+    'With several processes: how long a silent peer may go before the others stop with an '
+    'error (JAX\'s coordination-service heartbeat).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -40,9 +44,10 @@ def initialize_distributed() -> None:
   # Collectives between CPU processes (local multi-process runs); GPUs and TPUs ignore it.
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   if explicit:
-    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                               heartbeat_timeout_seconds=_HEARTBEAT.value)
   else:
-    jax.distributed.initialize()
+    jax.distributed.initialize(heartbeat_timeout_seconds=_HEARTBEAT.value)
 
 
 def _quiet_libraries(record) -> bool:
@@ -72,6 +77,16 @@ def main(argv):
       train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (UserError, train.NonFiniteLossError) as e:
     sys.exit(f'error: {e}')
+  except Exception:  # pylint: disable=broad-except
+    if jax.process_count() == 1:
+      raise
+    # A failed collective means a peer is gone. A normal exit would wait at JAX's shutdown
+    # barrier for that peer until the heartbeat timeout; stop now with the error instead.
+    logging.exception('Process %d stops: a collective or another step failed.',
+                      jax.process_index())
+    logging.flush()
+    sys.stderr.flush()
+    os._exit(1)  # pylint: disable=protected-access
 
 
 if __name__ == '__main__':
