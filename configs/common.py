@@ -109,6 +109,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.eval.poll_seconds = 10        # eval_continuous: how often to look for checkpoints
   config.eval.wait_seconds = 3600      # eval_continuous: give up after this long without one
   config.eval.num_images_to_write = 4  # input | ground truth | prediction panels per evaluation
+  # Dense CRF on the full-resolution probabilities (DeepLab v1/v2); defaults: the public
+  # release's VOC setting. See deeplab_jax/postprocess/crf.py.
+  config.eval.crf = ml_collections.ConfigDict(dict(
+      enabled=False, w1=4.0, s_alpha=67.0, s_beta=3.0, w2=3.0, s_gamma=3.0, iterations=10))
 
   # Device mesh as data: axis names and sizes, -1 = the rest of the devices. The batch is
   # split over `data`; `spatial` splits the image height.

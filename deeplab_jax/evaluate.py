@@ -2,7 +2,8 @@
 
 Inference follows config.eval: whole (padded) images or sliding windows, any set of input
 scales with or without left-right flips (logits averaged), at the trained output stride or
-another one (OS8 for a model trained at OS16).
+another one (OS8 for a model trained at OS16), and optionally the dense CRF of DeepLab v1/v2
+(config.eval.crf) on the full-resolution probabilities.
 """
 
 import copy
@@ -22,6 +23,7 @@ from deeplab_jax.data import input_pipeline
 from deeplab_jax.errors import UserError
 from deeplab_jax.models import deeplab
 from deeplab_jax.models import layers
+from deeplab_jax.postprocess import dense_crf
 
 
 EVAL_MODES = ('whole', 'sliding')
@@ -124,6 +126,56 @@ def make_eval_step(model, num_classes: int, config) -> Callable:
   return eval_step
 
 
+def crf_params(crf_config) -> Dict:
+  """dense_crf's keyword arguments from config.eval.crf."""
+  return {k: crf_config[k] for k in ('w1', 's_alpha', 's_beta', 'w2', 's_gamma', 'iterations')}
+
+
+def denormalise(images, data_config) -> np.ndarray:
+  """uint8 RGB from the pipeline's normalised float images."""
+  rgb = np.asarray(images) * np.asarray(data_config.std) + np.asarray(data_config.mean)
+  return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
+
+
+def make_eval_fn(model, num_classes: int, config, mesh) -> Callable:
+  """(state, global batch) -> (confusion [K, K] over all processes, predictions [B, H, W]).
+
+  Without the CRF this is one jitted step. With config.eval.crf.enabled the jitted step stops
+  at the log-probabilities; each process then runs dense_crf on its own images (the padding
+  masked out by each example's size) and the confusion matrices are summed across processes.
+  """
+  step = jax.jit(make_eval_step(model, num_classes, config), out_shardings=(
+      sharding.replicated(mesh), sharding.batch_sharding(mesh, 3)))
+  if not config.eval.crf.enabled:
+    return step
+  whole_rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+  log_probs_fn = jax.jit(
+      lambda state, batch: jax.nn.log_softmax(predict_logits(
+          model, {'params': state.params, 'batch_stats': state.batch_stats}, batch['image'],
+          config), axis=-1), out_shardings=whole_rows)
+  gather_rows = jax.jit(lambda x: x, out_shardings=whole_rows)
+  spec = jax.sharding.PartitionSpec('data')
+  params = crf_params(config.eval.crf)
+
+  def eval_fn(state, batch):
+    local = lambda x: np.asarray(multihost_utils.global_array_to_host_local_array(
+        gather_rows(x), mesh, spec))
+    log_probs = local(log_probs_fn(state, batch))
+    image, label, mask, size = (local(batch[k]) for k in ('image', 'label', 'mask', 'size'))
+    h, w = label.shape[1:]
+    valid = ((np.arange(h)[None, :, None] < size[:, :1, None]) &
+             (np.arange(w)[None, None, :] < size[:, 1:, None]))
+    probs = dense_crf(denormalise(image, config.data), log_probs, valid=valid, **params)
+    predictions = np.asarray(jnp.argmax(probs, axis=-1))
+    weights = np.broadcast_to(mask[:, None, None], label.shape)
+    confusion = np.asarray(metrics.confusion_matrix(label, predictions, num_classes, weights))
+    if jax.process_count() > 1:
+      confusion = np.asarray(multihost_utils.process_allgather(confusion)).sum(0)
+    return confusion, predictions
+
+  return eval_fn
+
+
 def protocol(config) -> str:
   """The evaluation protocol in words, kept with each line of evals.jsonl."""
   e = config.eval
@@ -135,6 +187,8 @@ def protocol(config) -> str:
   if e.flip:
     words.append('flip')
   words.append(f'os={e.output_stride or config.model.output_stride}')
+  if e.crf.enabled:
+    words.append('crf(' + ','.join(f'{k}={v:g}' for k, v in crf_params(e.crf).items()) + ')')
   return ' '.join(words)
 
 
@@ -150,6 +204,12 @@ def check_eval_config(config) -> None:
   window = tuple(e.window_size) or tuple(config.data.crop_size)
   if len(window) != 2 or min(window) < 1:
     raise UserError(f'eval.window_size={tuple(e.window_size)} must be (height, width).')
+  crf = e.crf
+  for name in ('s_alpha', 's_beta', 's_gamma'):
+    if not crf[name] > 0:
+      raise UserError(f'eval.crf.{name}={crf[name]} must be > 0.')
+  if int(crf.iterations) != crf.iterations or crf.iterations < 0:
+    raise UserError(f'eval.crf.iterations={crf.iterations} must be an integer >= 0.')
 
 
 def colorize(label: np.ndarray, colors, ignore_label: int) -> np.ndarray:

@@ -8,8 +8,9 @@ For each image (PNG or JPEG; a folder is searched recursively) it writes
 `OUTPUT/<name>_overlay.png`, the image beside the prediction's colours blended over it.
 Formats: Cityscapes label ids (what the official benchmark server takes), VOC palette
 PNGs, ADE20K 1..150 (0 = other), and class indices for every other data set. Inference
-follows config.eval (scales, flips, sliding windows, output stride) on the whole image at
-its own size, padded to a multiple of the output stride.
+follows config.eval (scales, flips, sliding windows, output stride, and the dense CRF when
+eval.crf.enabled) on the whole image at its own size, padded to a multiple of the output
+stride.
 """
 
 import os
@@ -39,6 +40,7 @@ from deeplab_jax.data import folder
 from deeplab_jax.data import validation
 from deeplab_jax.errors import UserError
 from deeplab_jax.models import deeplab
+from deeplab_jax.postprocess import dense_crf
 
 FLAGS = flags.FLAGS
 
@@ -122,18 +124,22 @@ class Predictor:
     state = checkpointing.restore(manager, self.step, abstract)
     self.variables = {'params': state.params, 'batch_stats': state.batch_stats}
     model = evaluate.build_eval_model(config, k)
-    self._predict = jax.jit(lambda v, x: jnp.argmax(
+    self._log_probs = jax.jit(lambda v, x: jax.nn.log_softmax(
         evaluate.predict_logits(model, v, x, config), axis=-1))
     self.multiple = config.eval.output_stride or config.model.output_stride
 
   def __call__(self, image: np.ndarray) -> np.ndarray:
-    """[H, W] class indices of a uint8 RGB image [H, W, 3]."""
+    """[H, W] class indices of a uint8 RGB image [H, W, 3] (after the dense CRF when
+    config.eval.crf.enabled)."""
     h, w = image.shape[:2]
     mean, std = np.asarray(self.config.data.mean), np.asarray(self.config.data.std)
     x = (image.astype(np.float32) - mean) / std
     ph, pw = (-h) % self.multiple, (-w) % self.multiple
     x = np.pad(x, ((0, ph), (0, pw), (0, 0)))  # zeros: the mean colour after normalising
-    return np.asarray(self._predict(self.variables, x[None].astype(np.float32)))[0, :h, :w]
+    log_probs = self._log_probs(self.variables, x[None].astype(np.float32))[0, :h, :w]
+    if self.config.eval.crf.enabled:
+      log_probs = dense_crf(image, log_probs, **evaluate.crf_params(self.config.eval.crf))
+    return np.asarray(jnp.argmax(log_probs, axis=-1))
 
 
 def predict_files(config, workdir: str, input_path: str, output_dir: str) -> Dict[str, str]:

@@ -166,9 +166,8 @@ class _Setup:
     self.writer = metric_writers.create_default_writer(
         workdir, just_logging=jax.process_index() > 0)
     self.eval_model = evaluate_lib.build_eval_model(config, self.dataset.num_classes)
-    eval_step = evaluate_lib.make_eval_step(self.eval_model, self.dataset.num_classes, config)
-    self.eval_step = jax.jit(eval_step, out_shardings=(
-        sharding.replicated(self.mesh), sharding.batch_sharding(self.mesh, 3)))
+    self.eval_step = evaluate_lib.make_eval_fn(self.eval_model, self.dataset.num_classes,
+                                               config, self.mesh)
     params = sum(x.size for x in jax.tree.leaves(self.abstract_state.params))
     logging.info('Model %s/%s OS%d: %d parameters; mesh %s.', config.model.name,
                  config.model.backbone.name, config.model.output_stride, params,

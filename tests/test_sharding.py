@@ -43,7 +43,7 @@ def test_eight_devices_match_one_device(monkeypatch):
   float64, because in float32 the updates of a deep BatchNorm network differ by up to a few
   percent with the summation order alone."""
   assert jax.device_count() == 8, 'tests/conftest.py forces 8 CPU devices'
-  meshes = [(('data', -1),), (('data', 4), ('spatial', 2)), (('data', 2), ('spatial', 4))]
+  meshes = [(('data', -1),), (('data', 2), ('spatial', 4))]
   reference = one_step((('data', 1),), jax.devices()[:1])
   for mesh_config in meshes:
     got = one_step(mesh_config, jax.devices())
@@ -54,7 +54,7 @@ def test_eight_devices_match_one_device(monkeypatch):
   monkeypatch.setitem(deeplab.DTYPES, 'float32', jnp.float64)
   with jax.enable_x64(True):
     reference = one_step((('data', 1),), jax.devices()[:1])
-    for mesh_config in meshes[2:]:  # the most spatially split mesh
+    for mesh_config in meshes[1:]:  # the spatially split mesh
       got = one_step(mesh_config, jax.devices())
       # Updates are differences of float32 parameters: equal up to one rounding of a parameter.
       jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=2e-7),

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -92,11 +93,19 @@ def test_train_evaluate_and_resume_identically(tmp_path, cache_dir, monkeypatch)
   assert steps == [4]
 
 
-def test_eval_mode_and_other_split(tmp_path, cache_dir):
-  workdir = str(tmp_path / 'w')
-  with pytest.raises(UserError, match='no checkpoint'):
-    train.evaluate_checkpoint(smoke_config(cache_dir), workdir)
+@pytest.fixture(scope='module')
+def two_steps(tmp_path_factory, cache_dir):
+  """A workdir trained for 2 steps, shared by the tests below (each copies it to change it)."""
+  workdir = str(tmp_path_factory.mktemp('two_steps') / 'w')
   train.train_and_evaluate(smoke_config(cache_dir, num_steps=2), workdir)
+  return workdir
+
+
+def test_eval_mode_and_other_split(tmp_path, cache_dir, two_steps):
+  with pytest.raises(UserError, match='no checkpoint'):
+    train.evaluate_checkpoint(smoke_config(cache_dir), str(tmp_path / 'empty'))
+  workdir = str(tmp_path / 'w')
+  shutil.copytree(two_steps, workdir)
   config = smoke_config(cache_dir)
   config.eval.split = 'train'
   result = train.evaluate_checkpoint(config, workdir)
@@ -106,9 +115,10 @@ def test_eval_mode_and_other_split(tmp_path, cache_dir):
     train.evaluate_checkpoint(config, workdir)
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, cache_dir):
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, cache_dir,
+                                                                  two_steps):
   workdir = str(tmp_path / 'nan')
-  train.train_and_evaluate(smoke_config(cache_dir, num_steps=2), workdir)
+  shutil.copytree(two_steps, workdir)
   config = smoke_config(cache_dir)
   config.optim.learning_rate = 1e30  # diverges at once
   with pytest.raises(train.NonFiniteLossError, match='last good checkpoint \\(step 2\\)'):
@@ -174,3 +184,24 @@ def test_unknown_field_in_a_config_file_is_named():
     config.data.nmae = 'camvid'
   with pytest.raises(UserError, match="unknown config field 'data.nmae'; did you mean 'data.name'"):
     train.validate_config(config)
+
+
+def test_evaluation_with_the_dense_crf(tmp_path, cache_dir, two_steps):
+  """eval.crf: 0 iterations reproduces the plain evaluation (the padding, gathering and
+  confusion plumbing); 5 iterations changes predictions and is named in the protocol."""
+  workdir = str(tmp_path / 'w')
+  shutil.copytree(two_steps, workdir)
+  plain = json.loads(open(os.path.join(workdir, 'evals.jsonl')).readline())
+  config = smoke_config(cache_dir)
+  config.eval.crf.enabled = True
+  config.eval.crf.iterations = 0
+  result = train.evaluate_checkpoint(config, workdir)
+  assert result['miou'] == pytest.approx(plain['miou'], abs=1e-9)
+  config.eval.crf.iterations = 5
+  config.eval.crf.s_alpha = 10.0
+  result = train.evaluate_checkpoint(config, workdir)
+  assert 'crf(w1=4,s_alpha=10,s_beta=3,w2=3,s_gamma=3,iterations=5)' in result['protocol']
+  assert result['pixel_accuracy'] != pytest.approx(plain['pixel_accuracy'], abs=1e-9)
+  config.eval.crf.s_gamma = 0.0
+  with pytest.raises(UserError, match='eval.crf.s_gamma=0.0 must be > 0'):
+    train.evaluate_checkpoint(config, workdir)

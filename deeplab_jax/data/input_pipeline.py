@@ -101,7 +101,8 @@ def train_batches(dataset: Dataset, config, start_step: int) -> Iterator[Batch]:
 
 
 def eval_batches(dataset: Dataset, config, split: str) -> Tuple[Iterator[Batch], int]:
-  """Host-local eval batches {'image', 'label', 'mask'} and their number (same on every host)."""
+  """Host-local eval batches {'image', 'label', 'mask', 'size'} and their number (the same on
+  every host); 'size' is each image's (height, width) before padding."""
   dataset.check_split(split, 'eval.split')
   source = dataset.builder.as_data_source(split, decoders=_ENCODED)
   n = len(source)
@@ -127,7 +128,8 @@ def eval_batches(dataset: Dataset, config, split: str) -> Tuple[Iterator[Batch],
         message=tf.strings.format('eval image {} is larger than eval.image_size', name))
     with tf.control_dependencies([check]):
       example = pad(example, tf.constant([0, 0], tf.int64))
-    return {'image': example['image'], 'label': example['label'][..., 0], 'mask': valid}
+    return {'image': example['image'], 'label': example['label'][..., 0], 'mask': valid,
+            'size': tf.cast(size, tf.int32)}
 
   ds = tf.data.Dataset.range(num_batches * local_batch)
   ds = ds.map(lambda k: tf.numpy_function(fetch, [k], (tf.string, tf.string, tf.string, tf.bool)))

@@ -1,0 +1,110 @@
+"""Times deeplab_jax's dense CRF against the reference C++ one (pydensecrf2) on real images.
+
+  pip install pydensecrf2   # only for this benchmark
+  python benchmarks/crf.py --images=../shared/data/camvid/CamVid/val --num_images=4
+
+Each image is resized to --size (500 x 500 by default) and given a unary of --classes labels:
+the ground truth (from the sibling `valannot` folder when there is one) made noisy, or pure
+noise. Both implementations run --iterations of mean field with the same parameters (the
+public DeepLab release's VOC setting by default). Printed: one JSON object with the median
+seconds per image of each (after a warm-up), their ratio, and the fraction of pixels whose
+labels agree.
+"""
+
+import argparse
+import glob
+import json
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # pylint: disable=g-import-not-at-top
+import numpy as np
+from PIL import Image
+
+from deeplab_jax.postprocess import dense_crf
+
+
+def noisy_unary(label, classes: int, rng, strength: float = 2.0, noise: float = 1.5):
+  """log-probabilities [H, W, classes]: +strength on the true class (if any) plus noise."""
+  logits = rng.normal(0.0, noise, label.shape + (classes,)).astype(np.float32)
+  valid = label < classes
+  rows, cols = np.nonzero(valid)
+  logits[rows, cols, label[valid]] += strength
+  logits -= logits.max(-1, keepdims=True)
+  return logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+
+
+def reference_crf(image, log_probs, p):
+  import pydensecrf.densecrf as dcrf  # pylint: disable=g-import-not-at-top
+  h, w, k = log_probs.shape
+  crf = dcrf.DenseCRF2D(w, h, k)
+  crf.setUnaryEnergy(np.ascontiguousarray(-log_probs.reshape(-1, k).T))
+  crf.addPairwiseGaussian(sxy=p['s_gamma'], compat=p['w2'])
+  crf.addPairwiseBilateral(sxy=p['s_alpha'], srgb=p['s_beta'], rgbim=np.array(image, np.uint8, order="C"),
+                           compat=p['w1'])
+  return np.array(crf.inference(p['iterations'])).T.reshape(h, w, k)
+
+
+def median_seconds(fn, repeats: int):
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--images', required=True, help='a folder of .jpg/.png images')
+  parser.add_argument('--num_images', type=int, default=4)
+  parser.add_argument('--size', default='500,500', help='H,W every image is resized to')
+  parser.add_argument('--classes', type=int, default=21)
+  parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument('--w1', type=float, default=4.0)
+  parser.add_argument('--s_alpha', type=float, default=67.0)
+  parser.add_argument('--s_beta', type=float, default=3.0)
+  parser.add_argument('--w2', type=float, default=3.0)
+  parser.add_argument('--s_gamma', type=float, default=3.0)
+  parser.add_argument('--iterations', type=int, default=10)
+  args = parser.parse_args(argv)
+  h, w = (int(x) for x in args.size.split(','))
+  p = {k: getattr(args, k) for k in ('w1', 's_alpha', 's_beta', 'w2', 's_gamma', 'iterations')}
+  paths = sorted(glob.glob(os.path.join(args.images, '*.jpg')) +
+                 glob.glob(os.path.join(args.images, '*.png')))[:args.num_images]
+  if not paths:
+    raise SystemExit(f'error: no .jpg or .png images in --images={args.images}')
+  rng = np.random.default_rng(0)
+  ours_s, theirs_s, agree = [], [], []
+  for path in paths:
+    image = np.array(Image.open(path).convert('RGB').resize((w, h), Image.BILINEAR))
+    annot = os.path.join(os.path.dirname(path).rstrip('/') + 'annot',
+                         os.path.splitext(os.path.basename(path))[0] + '.png')
+    label = (np.asarray(Image.open(annot).resize((w, h), Image.NEAREST)).astype(np.int64)
+             if os.path.exists(annot) else np.full((h, w), args.classes))
+    log_probs = noisy_unary(label, args.classes, rng)
+    run = lambda: jax.block_until_ready(dense_crf(image, log_probs, **p))
+    run()  # compile
+    ours_s.append(median_seconds(run, args.repeats))
+    theirs_s.append(median_seconds(lambda: reference_crf(image, log_probs, p), args.repeats))
+    ours = np.asarray(run()).argmax(-1)
+    theirs = reference_crf(image, log_probs, p).argmax(-1)
+    agree.append(float((ours == theirs).mean()))
+  result = {
+      'images': len(paths), 'size': [h, w], 'classes': args.classes, **p,
+      'backend': jax.default_backend(), 'device': str(jax.devices()[0].device_kind),
+      'ours_seconds': statistics.median(ours_s), 'pydensecrf_seconds': statistics.median(theirs_s),
+      'time_ratio': statistics.median(ours_s) / statistics.median(theirs_s),
+      'label_agreement_min': min(agree), 'label_agreement_mean': float(np.mean(agree)),
+  }
+  print(json.dumps(result, indent=1))
+  return result
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,131 @@
+"""The fully connected CRF of DeepLab v1/v2 (Krähenbühl and Koltun, 2011), in JAX.
+
+Energy: unary `-log_probs` plus a Potts pairwise term over all pixel pairs with two Gaussian
+kernels, the appearance kernel `w1 exp(-|p_i - p_j|^2 / 2 s_alpha^2 - |I_i - I_j|^2 / 2 s_beta^2)`
+and the smoothness kernel `w2 exp(-|p_i - p_j|^2 / 2 s_gamma^2)` (p in pixels, I in 0..255).
+
+Mean-field inference, as in the reference implementation (densecrf 2.2, pydensecrf): each
+kernel K is used symmetrically normalised, `D^-1/2 K D^-1/2` with `D = diag(K 1)` (the sums
+include i = j), and each iteration sets `Q = softmax(log_probs + sum_m w_m Kn_m Q)`.
+
+Filtering is linear in the number of pixels: the appearance kernel with a permutohedral lattice
+(lattice.py) and the smoothness kernel, which is separable, exactly with two 1-D Gaussian
+convolutions (truncated at 4 standard deviations).
+"""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+
+from deeplab_jax.postprocess import lattice as lattice_lib
+
+
+def _gaussian_1d(sigma: float, size: int):
+  radius = max(1, min(int(math.ceil(4.0 * sigma)), size - 1))
+  x = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
+  return jnp.exp(-0.5 * (x / sigma) ** 2), radius
+
+
+def _blur_axis(values, taps, radius, axis):
+  """Zero-padded convolution of values with symmetric taps along one axis."""
+  pad = [(0, 0)] * values.ndim
+  pad[axis] = (radius, radius)
+  padded = jnp.pad(values, pad)
+  size = values.shape[axis]
+  out = jnp.zeros_like(values)
+  for k in range(2 * radius + 1):
+    out = out + taps[k] * jax.lax.slice_in_dim(padded, k, k + size, axis=axis)
+  return out
+
+
+def spatial_filter(values, s_gamma: float):
+  """Exact sum_j exp(-|p_i - p_j|^2 / 2 s_gamma^2) values_j over an [H, W, C] grid."""
+  h, w, _ = values.shape
+  taps_y, ry = _gaussian_1d(s_gamma, h)
+  taps_x, rx = _gaussian_1d(s_gamma, w)
+  return _blur_axis(_blur_axis(values, taps_y, ry, 0), taps_x, rx, 1)
+
+
+def _features(image, valid, s_alpha, s_beta):
+  """[H*W, 5] bilateral features (x, y) / s_alpha, RGB / s_beta. Pixels outside `valid` are
+  moved far from every valid one, so that they share no lattice vertex with them."""
+  h, w, _ = image.shape
+  yy, xx = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32),
+                        indexing='ij')
+  colour = image.astype(jnp.float32) / s_beta
+  colour = jnp.where(valid[..., None], colour, colour - 4.0 * 255.0 / s_beta - 100.0)
+  return jnp.concatenate([xx[..., None] / s_alpha, yy[..., None] / s_alpha, colour],
+                         -1).reshape(h * w, 5)
+
+
+def _mean_field_one(lat, log_probs, valid, w1, w2, s_gamma, iterations):
+  h, w, k = log_probs.shape
+  log_probs = log_probs.astype(jnp.float32)
+  mask = valid[..., None].astype(jnp.float32)
+  rsqrt = lambda x: jax.lax.rsqrt(x + 1e-20)
+  bilateral_norm = mask * rsqrt(lattice_lib.filter_values(lat, mask.reshape(h * w, 1))
+                                .reshape(h, w, 1))
+  spatial_norm = mask * rsqrt(spatial_filter(mask, s_gamma))
+
+  def step(_, q):
+    b = bilateral_norm * lattice_lib.filter_values(
+        lat, (bilateral_norm * q).reshape(h * w, k)).reshape(h, w, k)
+    s = spatial_norm * spatial_filter(spatial_norm * q, s_gamma)
+    return jax.nn.softmax(log_probs + w1 * b + w2 * s, axis=-1)
+
+  q = jax.nn.softmax(log_probs, axis=-1)
+  for i in range(iterations):
+    q = step(i, q)
+  return q
+
+
+_features_one = jax.jit(_features)
+_features_batch = jax.jit(jax.vmap(_features, in_axes=(0, 0, None, None)))
+_mean_field = jax.jit(_mean_field_one, static_argnums=(5, 6))
+_mean_field_batch = jax.jit(
+    jax.vmap(_mean_field_one, in_axes=(0, 0, 0, None, None, None, None)), static_argnums=(5, 6))
+
+
+def dense_crf(image, log_probs, *, w1: float, s_alpha: float, s_beta: float, w2: float,
+              s_gamma: float, iterations: int, valid=None):
+  """Mean-field inference in the dense CRF; returns probabilities shaped like log_probs.
+
+  Args:
+    image: uint8 [H, W, 3] or [B, H, W, 3] RGB.
+    log_probs: float [H, W, K] or [B, H, W, K] log-probabilities (unary = -log_probs); logits
+      work too, since only their differences matter.
+    w1, s_alpha, s_beta: appearance kernel weight, position std (pixels), colour std (0..255).
+    w2, s_gamma: smoothness kernel weight and position std (pixels).
+    iterations: mean-field iterations (0 returns softmax(log_probs)).
+    valid: optional bool [H, W] or [B, H, W]; pixels outside it (padding) neither send nor
+      receive messages, so a padded image gives what the unpadded one would.
+
+  Runs as jitted stages with one read of the lattice size on the host in between (see
+  lattice.py), so call it from Python rather than inside another jit.
+  """
+  image = jnp.asarray(image)
+  log_probs = jnp.asarray(log_probs)
+  if image.dtype != jnp.uint8:
+    raise ValueError(f'dense_crf: image must be uint8 RGB, got {image.dtype}.')
+  if image.ndim not in (3, 4) or image.shape[-1] != 3:
+    raise ValueError(f'dense_crf: image must be [H, W, 3] or [B, H, W, 3], got {image.shape}.')
+  if log_probs.shape[:-1] != image.shape[:-1]:
+    raise ValueError(f'dense_crf: log_probs {log_probs.shape} must be image {image.shape} with '
+                     'the last axis holding the classes.')
+  for name, value in (('s_alpha', s_alpha), ('s_beta', s_beta), ('s_gamma', s_gamma)):
+    if not value > 0:
+      raise ValueError(f'dense_crf: {name}={value} must be > 0.')
+  if int(iterations) != iterations or iterations < 0:
+    raise ValueError(f'dense_crf: iterations={iterations} must be an integer >= 0.')
+  valid = jnp.ones(image.shape[:-1], bool) if valid is None else jnp.asarray(valid, bool)
+  if valid.shape != image.shape[:-1]:
+    raise ValueError(f'dense_crf: valid {valid.shape} must be image {image.shape} less RGB.')
+  batched = image.ndim == 4
+  features = (_features_batch if batched else _features_one)(
+      image, valid, jnp.float32(s_alpha), jnp.float32(s_beta))
+  lat = lattice_lib.build(features)
+  run = _mean_field_batch if batched else _mean_field
+  return run(lat, log_probs, valid, jnp.float32(w1), jnp.float32(w2), float(s_gamma),
+             int(iterations))
