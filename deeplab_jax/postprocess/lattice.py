@@ -133,23 +133,19 @@ def round_capacity(num_vertices: int) -> int:
 
 
 def build(features: jax.Array, capacity: int = 0) -> Lattice:
-  """Builds the lattice for [N, d] (or batched [B, N, d]) features, already divided by the
-  kernel's standard deviations. capacity=0 sizes the lattice from the vertices in use (read on
-  the host); a batch shares the largest."""
-  batched = features.ndim == 3
-  stage1 = jax.vmap(_points) if batched else _points
-  vertex, weight, unique, num_vertices = stage1(features)
-  needed = int(jnp.max(num_vertices))
-  capacity = capacity or min(round_capacity(needed), unique.shape[-2])
+  """Builds the lattice for [N, d] features, already divided by the kernel's standard
+  deviations. capacity=0 sizes the lattice from the vertices in use (read on the host)."""
+  vertex, weight, unique, num_vertices = _points(features)
+  needed = int(num_vertices)
+  capacity = capacity or min(round_capacity(needed), unique.shape[0])
   if capacity < needed:
     raise ValueError(f'lattice capacity={capacity} is below the {needed} vertices in use.')
-  stage2 = functools.partial(_neighbours, capacity=capacity)
-  neighbours = (jax.vmap(stage2) if batched else stage2)(unique, num_vertices)
+  neighbours = _neighbours(unique, num_vertices, capacity=capacity)
   return Lattice(vertex, weight, neighbours, num_vertices)
 
 
 def filter_values(lattice: Lattice, values: jax.Array) -> jax.Array:
-  """Gaussian-filters [N, C] values with one (unbatched) lattice: splat, blur, slice.
+  """Gaussian-filters [N, C] values with the lattice: splat, blur, slice.
 
   (Written the way XLA's CPU backend ran fastest: one gather per axis for both neighbours, and
   the splatted values materialised before the scatter.)"""
