@@ -36,6 +36,14 @@ def test_predict_writes_labels_and_overlays(tmp_path, cache_dir):
     label = np.asarray(Image.open(out / f'{name}.png'))
     assert label.shape == size and label.max() < 5
     assert np.asarray(Image.open(out / f'{name}_overlay.png')).shape == (size[0], 2 * size[1], 3)
+  # eval.crf: with 0 iterations the labels are unchanged; with 5 the CRF runs on the image.
+  plain = np.asarray(Image.open(out / 'a.png'))
+  config.eval.crf.enabled = True
+  config.eval.crf.iterations = 0
+  np.testing.assert_array_equal(predict.Predictor(config, workdir)(first), plain)
+  config.eval.crf.iterations = 5
+  refined = predict.Predictor(config, workdir)(first)
+  assert refined.shape == plain.shape and refined.max() < 5
   # The command line, with a one-line error for an empty input.
   (tmp_path / 'empty').mkdir()
   env = dict(os.environ, JAX_PLATFORMS='cpu')
