@@ -13,7 +13,6 @@ Filtering is linear in the number of pixels: the appearance kernel with a permut
 convolutions (truncated at 4 standard deviations).
 """
 
-import functools
 import math
 
 import jax
