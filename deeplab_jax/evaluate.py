@@ -131,9 +131,9 @@ def crf_params(crf_config) -> Dict:
   return {k: crf_config[k] for k in ('w1', 's_alpha', 's_beta', 'w2', 's_gamma', 'iterations')}
 
 
-def denormalise(images, data_config) -> np.ndarray:
+def denormalise(images, mean, std) -> np.ndarray:
   """uint8 RGB from the pipeline's normalised float images."""
-  rgb = np.asarray(images) * np.asarray(data_config.std) + np.asarray(data_config.mean)
+  rgb = np.asarray(images) * np.asarray(std) + np.asarray(mean)
   return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
 
 
@@ -165,7 +165,8 @@ def make_eval_fn(model, num_classes: int, config, mesh) -> Callable:
     h, w = label.shape[1:]
     valid = ((np.arange(h)[None, :, None] < size[:, :1, None]) &
              (np.arange(w)[None, None, :] < size[:, 1:, None]))
-    probs = dense_crf(denormalise(image, config.data), log_probs, valid=valid, **params)
+    rgb = denormalise(image, config.data.mean, config.data.std)
+    probs = dense_crf(rgb, log_probs, valid=valid, **params)
     predictions = np.asarray(jnp.argmax(probs, axis=-1))
     weights = np.broadcast_to(mask[:, None, None], label.shape)
     confusion = np.asarray(metrics.confusion_matrix(label, predictions, num_classes, weights))
@@ -224,7 +225,7 @@ def panels(images, labels, predictions, dataset, mean, std) -> np.ndarray:
   """[N, H, 3W, 3] uint8: input | ground truth | prediction, in the data set's colours."""
   out = []
   for image, label, prediction in zip(images, labels, predictions):
-    rgb = np.clip(image * np.asarray(std) + np.asarray(mean), 0, 255).astype(np.uint8)
+    rgb = denormalise(image, mean, std)
     out.append(np.concatenate([rgb, colorize(label, dataset.colors, dataset.ignore_label),
                                colorize(prediction, dataset.colors, dataset.ignore_label)], 1))
   return np.stack(out)

@@ -68,15 +68,15 @@ def _mean_field_one(lat, log_probs, valid, w1, w2, s_gamma, iterations):
                                 .reshape(h, w, 1))
   spatial_norm = mask * rsqrt(spatial_filter(mask, s_gamma))
 
-  def step(_, q):
+  def step(q):
     b = bilateral_norm * lattice_lib.filter_values(
         lat, (bilateral_norm * q).reshape(h * w, k)).reshape(h, w, k)
     s = spatial_norm * spatial_filter(spatial_norm * q, s_gamma)
     return jax.nn.softmax(log_probs + w1 * b + w2 * s, axis=-1)
 
   q = jax.nn.softmax(log_probs, axis=-1)
-  for i in range(iterations):
-    q = step(i, q)
+  for _ in range(iterations):
+    q = step(q)
   return q
 
 
