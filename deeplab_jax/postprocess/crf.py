@@ -28,14 +28,15 @@ def _gaussian_1d(sigma: float, size: int):
 
 
 def _blur_axis(values, taps, radius, axis):
-  """Zero-padded convolution of values with symmetric taps along one axis."""
+  """Zero-padded convolution of values with symmetric taps (2 * radius + 1) along one axis."""
   pad = [(0, 0)] * values.ndim
   pad[axis] = (radius, radius)
   padded = jnp.pad(values, pad)
   size = values.shape[axis]
-  out = jnp.zeros_like(values)
-  for k in range(2 * radius + 1):
-    out = out + taps[k] * jax.lax.slice_in_dim(padded, k, k + size, axis=axis)
+  shifted = lambda k: jax.lax.slice_in_dim(padded, radius + k, radius + k + size, axis=axis)
+  out = taps[radius] * values
+  for k in range(1, radius + 1):
+    out = out + taps[radius + k] * (shifted(k) + shifted(-k))
   return out
 
 
@@ -72,7 +73,8 @@ def _mean_field_one(lat, log_probs, valid, w1, w2, s_gamma, iterations):
     b = bilateral_norm * lattice_lib.filter_values(
         lat, (bilateral_norm * q).reshape(h * w, k)).reshape(h, w, k)
     s = spatial_norm * spatial_filter(spatial_norm * q, s_gamma)
-    return jax.nn.softmax(log_probs + w1 * b + w2 * s, axis=-1)
+    # The barrier keeps XLA from fusing the filters into softmax's three passes (recomputing them).
+    return jax.nn.softmax(jax.lax.optimization_barrier(log_probs + w1 * b + w2 * s), axis=-1)
 
   q = jax.nn.softmax(log_probs, axis=-1)
   for _ in range(iterations):
@@ -80,8 +82,8 @@ def _mean_field_one(lat, log_probs, valid, w1, w2, s_gamma, iterations):
   return q
 
 
-_features_one = jax.jit(_features)
-_mean_field = jax.jit(_mean_field_one, static_argnums=(5, 6))
+_features_one = lattice_lib.jit(_features)
+_mean_field = lattice_lib.jit(_mean_field_one, static_argnums=(5, 6))
 
 
 def dense_crf(image, log_probs, *, w1: float, s_alpha: float, s_beta: float, w2: float,
