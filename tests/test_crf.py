@@ -1,4 +1,4 @@
-"""The dense CRF: the sort-built lattice against a hash-table one written plainly, mean field
+"""The dense CRF: the XLA-built lattice against a hash-table one written plainly, mean field
 against exact O(N^2) computations, padding, batching, errors, and evaluation with the CRF."""
 
 import math
@@ -72,14 +72,33 @@ def plain_lattice_filter(features, values):
 
 
 @pytest.mark.parametrize('d', [2, 5])
-def test_sort_built_lattice_equals_the_hash_table_one(d):
+def test_lattice_equals_a_plain_hash_table_one(d):
   rng = np.random.default_rng(d)
   features = rng.normal(0, 1.5, (60, d)).astype(np.float32)
   features[10:20] = features[0]  # repeated points share vertices
   values = rng.uniform(size=(60, 3)).astype(np.float32)
   lat = lattice.build(jnp.asarray(features))
-  got = np.asarray(lattice.filter_values(lat, jnp.asarray(values)))
-  np.testing.assert_allclose(got, plain_lattice_filter(features, values), rtol=1e-4, atol=1e-5)
+  want = plain_lattice_filter(features, values)
+  for chunk in (0, 7):  # all points in one splat (here), or 8 chunks and a remainder of 4
+    got = np.asarray(lattice.filter_values(lat, jnp.asarray(values), chunk=chunk))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+  assert int(lat.num_vertices) == len({tuple(k) for k in np.asarray(
+      lattice._points(jnp.asarray(features))[2][:int(lat.num_vertices)])})
+
+
+def test_hash_dedup_finds_each_keys_first_row():
+  """_dedup against numpy: 3000 rows of 300 distinct keys in a 4096-slot table (collisions
+  force several rounds); inactive rows are left out."""
+  rng = np.random.default_rng(0)
+  distinct = rng.integers(-50, 50, (300, 5))
+  keys = distinct[rng.integers(0, 300, 3000)].astype(np.int32)
+  active = rng.uniform(size=3000) < 0.9
+  owner = np.asarray(lattice._dedup(jnp.asarray(keys), jnp.asarray(active)))
+  first = {}
+  for i in np.flatnonzero(active):
+    first.setdefault(tuple(keys[i]), i)
+  want = np.array([first[tuple(k)] if a else 3000 for k, a in zip(keys, active)])
+  np.testing.assert_array_equal(owner, want)
 
 
 def test_lattice_approximates_the_gaussian():
