@@ -7,6 +7,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   """Returns a DeepLabv3+ ResNet-101 OS16 config with the v3+ paper's recipe."""
   config = ml_collections.ConfigDict()
   config.seed = 0
+  # Start a fresh run from pretrained variables: a directory written by deeplab_jax.convert,
+  # or another run's workdir. Ignored when the workdir already has a checkpoint (resume).
+  config.init_from = ''
 
   config.data = ml_collections.ConfigDict()
   config.data.name = 'synthetic'       # a key of deeplab_jax.data.DATASETS

@@ -22,6 +22,7 @@ from deeplab_jax import data
 from deeplab_jax import evaluate as evaluate_lib
 from deeplab_jax import losses
 from deeplab_jax import optim
+from deeplab_jax import pretrained
 from deeplab_jax import sharding
 from deeplab_jax.data import input_pipeline
 from deeplab_jax.errors import UserError
@@ -162,6 +163,8 @@ class _Setup:
       self.state = checkpointing.restore(self.manager, latest, self.abstract_state)
     else:
       self.state = init(self.rng)
+      if config.init_from:
+        self.state = _init_from(self.state, self.state_shardings, config.init_from)
     self.latest_checkpoint = latest
     self.writer = metric_writers.create_default_writer(
         workdir, just_logging=jax.process_index() > 0)
@@ -181,12 +184,35 @@ class _Setup:
     return result
 
 
+def _init_from(state, shardings, source: str):
+  """The fresh state with every matching parameter and statistic loaded from `source`."""
+  merged, report = pretrained.merge({'params': state.params, 'batch_stats': state.batch_stats},
+                                    pretrained.load_variables(source))
+  pretrained.log_report(source, report)
+
+  def put(value, sharding):  # fresh leaves are still the state's own (global) arrays
+    if isinstance(value, jax.Array):
+      return value
+    value = np.asarray(value)
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+  return state.replace(params=jax.tree.map(put, merged['params'], shardings.params),
+                       batch_stats=jax.tree.map(put, merged['batch_stats'],
+                                                shardings.batch_stats))
+
+
 def evaluate_checkpoint(config, workdir: str):
   """Evaluates the workdir's latest checkpoint once on config.eval.split."""
   setup = _Setup(config, workdir)
-  if setup.latest_checkpoint is None:
-    raise UserError(f'--mode=eval: no checkpoint in {workdir}/checkpoints to evaluate.')
-  result = setup.evaluate(config, workdir, setup.latest_checkpoint)
+  step = setup.latest_checkpoint
+  if step is None:
+    if not config.init_from:
+      raise UserError(f'--mode=eval: no checkpoint in {workdir}/checkpoints to evaluate, and '
+                      'no config.init_from.')
+    logging.info('No checkpoint in %s/checkpoints: evaluating init_from=%s as step 0.', workdir,
+                 config.init_from)
+    step = 0
+  result = setup.evaluate(config, workdir, step)
   setup.writer.flush()
   return result
 

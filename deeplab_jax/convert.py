@@ -1,0 +1,262 @@
+r"""Converts pretrained weights into variables a run starts from (`config.init_from=DIR`).
+
+  python -m deeplab_jax.convert --source=torchvision --input=deeplabv3_resnet50.pth \
+      --config=configs/v3_torchvision.py:resnet50,aux --output=/tmp/tv_v3
+  python -m deeplab_jax.main --config=configs/v3_torchvision.py:resnet50,aux \
+      --config.init_from=/tmp/tv_v3 --workdir=/tmp/run ...
+
+torchvision: ImageNet ResNet-50/101 state dicts (the backbone; `fc` is dropped) and the full
+`deeplabv3_resnet50/101` models (backbone, DeepLabHead, optional aux_classifier). Build the
+config in torchvision's layout (`configs/v3_torchvision.py`; for a backbone alone, any config
+with `model.backbone.layout='torchvision'`). `.pth` files are read with
+`torch.load(weights_only=True)` (tensors only, no arbitrary unpickling; needs torch),
+`.safetensors` files with the `safetensors` package (no torch needed).
+
+Every source tensor must land on a parameter of the config's model with the same shape, or
+the conversion stops and names it; parameters the source lacks (the head, for an ImageNet
+backbone) are listed as fresh: `init_from` initialises them. DIR gets `variables/` (an orbax
+checkpoint of params and batch_stats) and `conversion.json`.
+
+`--dump_logits=IN.npy:OUT.npy` runs the converted model on IN.npy (float NCHW, normalised as
+the source expects) and writes its NCHW logits at input size to OUT.npy, to compare with the
+source framework's own output.
+"""
+
+import os
+import re
+import sys
+from typing import Dict, Iterable, Tuple
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+from absl import logging
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ml_collections import config_flags
+
+from deeplab_jax import data
+from deeplab_jax import pretrained
+from deeplab_jax.errors import UserError
+from deeplab_jax.models import deeplab
+
+SOURCES = ('torchvision',)
+
+
+def read_torch_state_dict(path: str) -> Dict[str, np.ndarray]:
+  """name -> float32/int numpy array from a .pth/.pt (weights_only) or .safetensors file."""
+  if not os.path.isfile(path):
+    raise UserError(f'--input={path!r} is not a file.')
+  if path.endswith('.safetensors'):
+    from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+    return dict(load_file(path))
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise UserError(f'--input={path!r}: reading .pth needs torch (pip install torch), or save '
+                    'the state dict as .safetensors.') from e
+  try:
+    state = torch.load(path, map_location='cpu', weights_only=True)
+  except Exception as e:  # pylint: disable=broad-except
+    raise UserError(f'--input={path!r} is not a tensors-only PyTorch file '
+                    f'(torch.load(weights_only=True) refused it: {e}).') from e
+  if isinstance(state, dict) and 'model' in state and isinstance(state['model'], dict):
+    state = state['model']  # torchvision's reference scripts save {'model': ..., ...}
+  if not isinstance(state, dict):
+    raise UserError(f'--input={path!r} holds a {type(state).__name__}, not a state dict.')
+  return {k: v.detach().cpu().numpy() for k, v in state.items() if hasattr(v, 'detach')}
+
+
+# (pattern over a torchvision module name, our module path as a format string of the groups).
+_TORCHVISION_RULES = [
+    (r'(?:backbone\.)?conv1', 'backbone/stem_conv1/conv'),
+    (r'(?:backbone\.)?bn1', 'backbone/stem_conv1/bn'),
+    (r'(?:backbone\.)?layer(\d)\.(\d+)\.conv(\d)', 'backbone/block{0}_unit{1+}/conv{2}/conv'),
+    (r'(?:backbone\.)?layer(\d)\.(\d+)\.bn(\d)', 'backbone/block{0}_unit{1+}/conv{2}/bn'),
+    (r'(?:backbone\.)?layer(\d)\.(\d+)\.downsample\.0', 'backbone/block{0}_unit{1+}/shortcut/conv'),
+    (r'(?:backbone\.)?layer(\d)\.(\d+)\.downsample\.1', 'backbone/block{0}_unit{1+}/shortcut/bn'),
+    (r'classifier\.0\.convs\.0\.0', 'aspp/conv1x1/conv'),
+    (r'classifier\.0\.convs\.0\.1', 'aspp/conv1x1/bn'),
+    (r'classifier\.0\.project\.0', 'aspp/projection/conv'),
+    (r'classifier\.0\.project\.1', 'aspp/projection/bn'),
+    (r'classifier\.1', 'aspp/output_conv/conv'),
+    (r'classifier\.2', 'aspp/output_conv/bn'),
+    (r'classifier\.4', 'classifier'),
+    (r'aux_classifier\.0', 'aux_head/conv/conv'),
+    (r'aux_classifier\.1', 'aux_head/conv/bn'),
+    (r'aux_classifier\.4', 'aux_head/classifier'),
+]
+_DROPPED = re.compile(r'^fc\.(weight|bias)$')  # the ImageNet classifier of a backbone
+
+
+def _aspp_branch(module: str, pooling_index: int):
+  """torchvision's ASPP branches 1..n (conv, bn) and the pooling branch (pool, conv, bn)."""
+  m = re.fullmatch(r'classifier\.0\.convs\.(\d+)\.(\d)', module)
+  if not m or m.group(1) == '0':
+    return None
+  i, sub = int(m.group(1)), int(m.group(2))
+  if i == pooling_index:
+    return {1: 'aspp/image_pooling/conv', 2: 'aspp/image_pooling/bn'}.get(sub)
+  return {0: f'aspp/atrous{i}/conv', 1: f'aspp/atrous{i}/bn'}.get(sub)
+
+
+def torchvision_module(module: str, pooling_index: int):
+  """Our module path for a torchvision module name, or None."""
+  found = _aspp_branch(module, pooling_index)
+  if found:
+    return found
+  for pattern, target in _TORCHVISION_RULES:
+    m = re.fullmatch(pattern, module)
+    if m:
+      groups = m.groups()
+      return re.sub(r'\{(\d)(\+?)\}',
+                    lambda g: str(int(groups[int(g.group(1))]) + (1 if g.group(2) else 0)),
+                    target)
+  return None
+
+
+def from_torchvision(state: Dict[str, np.ndarray]) -> Tuple[Dict[str, np.ndarray], dict, list]:
+  """torchvision state dict -> ({'params/...' or 'batch_stats/...': array}, {that key: the
+  source tensor's name}, dropped names)."""
+  pools = [int(m.group(1)) for k in state
+           for m in [re.match(r'classifier\.0\.convs\.(\d+)\.', k)] if m]
+  pooling_index = max(pools) if pools else -1
+  out, origin, dropped = {}, {}, []
+  for name, value in state.items():
+    module, _, leaf = name.rpartition('.')
+    if leaf == 'num_batches_tracked':
+      continue
+    if _DROPPED.match(name):
+      dropped.append(name)
+      continue
+    target = torchvision_module(module, pooling_index)
+    if target is None:
+      raise UserError(f'torchvision tensor {name!r} {tuple(value.shape)} has no counterpart in '
+                      'deeplab_jax (ResNet backbones, DeepLabHead and the aux FCN head '
+                      'convert).')
+    value = np.asarray(value, np.float32)
+    if target.endswith('/bn'):
+      key = {'weight': 'params/{}/scale', 'bias': 'params/{}/bias',
+             'running_mean': 'batch_stats/{}/mean', 'running_var': 'batch_stats/{}/var'}.get(leaf)
+    else:
+      key = {'weight': 'params/{}/kernel', 'bias': 'params/{}/bias'}.get(leaf)
+    if key is None:
+      raise UserError(f'torchvision tensor {name!r}: {leaf!r} is not a tensor of its module.')
+    if leaf == 'weight' and not target.endswith('/bn'):
+      if value.ndim != 4:
+        raise UserError(f'torchvision tensor {name!r} has shape {value.shape}; a conv weight '
+                        'is [out, in, kh, kw].')
+      value = value.transpose(2, 3, 1, 0)  # [O, I, kh, kw] -> [kh, kw, I, O]
+    out[key.format(target)] = value
+    origin[key.format(target)] = name
+  return out, origin, dropped
+
+
+def model_and_shapes(config, num_classes: int):
+  model = deeplab.build_model(config.model, num_classes)
+  h, w = config.data.crop_size
+  shapes = jax.eval_shape(lambda: model.init({'params': jax.random.key(0),
+                                               'dropout': jax.random.key(0)},
+                                              jnp.zeros((1, h, w, 3)), train=False))
+  return model, shapes
+
+
+def place(converted: Dict[str, np.ndarray], origin: Dict[str, str], shapes) -> Tuple[dict, list]:
+  """Checks every converted tensor against the model's shapes; returns (variables, fresh)."""
+  want = {}
+  for collection in ('params', 'batch_stats'):
+    for path, leaf in flax.traverse_util.flatten_dict(
+        flax.core.unfreeze(shapes.get(collection, {}))).items():
+      want['/'.join((collection,) + path)] = leaf
+  for name, value in converted.items():
+    if name not in want:
+      raise UserError(f'{origin[name]} -> {name} {value.shape} is not a parameter of the '
+                      'config\'s model: build the config in the source\'s layout and depth '
+                      '(e.g. configs/v3_torchvision.py, model.backbone.layout=torchvision).')
+    if tuple(want[name].shape) != value.shape:
+      raise UserError(f'{origin[name]} -> {name} has shape {value.shape} but the config\'s '
+                      f'model has {tuple(want[name].shape)}.')
+  fresh = sorted(set(want) - set(converted))
+  variables = {}
+  for collection in ('params', 'batch_stats'):
+    prefix = collection + '/'
+    variables[collection] = flax.traverse_util.unflatten_dict(
+        {tuple(k[len(prefix):].split('/')): v for k, v in converted.items()
+         if k.startswith(prefix)})
+  return variables, fresh
+
+
+def dump_logits(model, variables, shapes, spec: str) -> None:
+  """Runs the model on IN.npy (NCHW) and saves NCHW logits to OUT.npy (fresh leaves: zeros)."""
+  if spec.count(':') != 1:
+    raise UserError(f'--dump_logits={spec!r} must be IN.npy:OUT.npy.')
+  src, dst = spec.split(':')
+  x = np.load(src)
+  if x.ndim != 4 or x.shape[1] != 3:
+    raise UserError(f'--dump_logits: {src} has shape {x.shape}; expected float NCHW with 3 '
+                    'channels.')
+  full = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), flax.core.unfreeze(shapes))
+  for collection in ('params', 'batch_stats'):
+    flat = flax.traverse_util.flatten_dict(full.get(collection, {}))
+    flat.update(flax.traverse_util.flatten_dict(variables.get(collection, {})))
+    full[collection] = flax.traverse_util.unflatten_dict(flat)
+  logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(
+      full, jnp.asarray(x.transpose(0, 2, 3, 1), jnp.float32))
+  np.save(dst, np.asarray(logits).transpose(0, 3, 1, 2))
+  logging.info('Logits %s -> %s.', np.asarray(logits).shape, dst)
+
+
+def convert(source: str, input_path: str, config, output: str, num_classes: int = 0,
+            dump: str = '') -> dict:
+  """The whole conversion; returns what it wrote to OUTPUT/conversion.json."""
+  if source not in SOURCES:
+    raise UserError(f'--source={source!r} is not one of {SOURCES}.')
+  state = read_torch_state_dict(input_path)
+  converted, origin, dropped = from_torchvision(state)
+  classes = converted.get('params/classifier/bias')
+  if classes is not None:
+    num_classes = num_classes or classes.shape[0]
+  if not num_classes:
+    spec = data.DATASETS.get(config.data.name)
+    num_classes = spec.num_classes if spec else 0
+  if not num_classes:
+    raise UserError('--num_classes is needed: the source has no classifier and the config\'s '
+                    f'data set {config.data.name!r} does not fix a class count.')
+  model, shapes = model_and_shapes(config, num_classes)
+  variables, fresh = place(converted, origin, shapes)
+  info = {'source': source, 'input': os.path.abspath(input_path), 'num_classes': num_classes,
+          'converted': len(converted), 'dropped': dropped, 'fresh': fresh}
+  pretrained.save_variables(output, variables, info)
+  logging.info('Converted %d tensors into %s (dropped %s; %d parameters left fresh).',
+               len(converted), output, dropped or 'none', len(fresh))
+  if dump:
+    dump_logits(model, variables, shapes, dump)
+  return info
+
+
+def main(argv: Iterable[str]):
+  if len(list(argv)) > 1:
+    raise app.UsageError(f'Unexpected arguments: {list(argv)[1:]}')
+  try:
+    convert(FLAGS.source, FLAGS.input, FLAGS.config, FLAGS.output, FLAGS.num_classes,
+            FLAGS.dump_logits)
+  except UserError as e:
+    sys.exit(f'error: {e}')
+
+
+FLAGS = flags.FLAGS
+
+if __name__ == '__main__':
+  config_flags.DEFINE_config_file('config', None, 'Config of the model to convert into.',
+                                  lock_config=True)
+  flags.DEFINE_enum('source', None, list(SOURCES), 'Where the weights come from.')
+  flags.DEFINE_string('input', None, 'The weights file (.pth, .pt or .safetensors).')
+  flags.DEFINE_string('output', None, 'Directory to write (config.init_from=DIR).')
+  flags.DEFINE_integer('num_classes', 0, 'Class count (default: the source classifier\'s, or '
+                       'the config\'s data set).')
+  flags.DEFINE_string('dump_logits', '', 'IN.npy:OUT.npy: NCHW input -> NCHW logits.')
+  flags.mark_flags_as_required(['config', 'source', 'input', 'output'])
+  app.run(main)

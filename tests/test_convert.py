@@ -1,0 +1,216 @@
+"""Weight conversion (deeplab_jax.convert) and starting from it (config.init_from).
+
+The torchvision state dicts here are written by `torchvision_deeplabv3_state`, which lays out
+torchvision's names and shapes by hand (for any depth and width), so these tests need no torch.
+Where torch and torchvision import, a real random torchvision model is converted too and its
+logits are compared with ours.
+"""
+
+import importlib
+import sys
+import types
+
+import jax
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from configs import v3_torchvision
+from deeplab_jax import convert
+from deeplab_jax import pretrained
+from deeplab_jax.errors import UserError
+
+
+def torchvision_deeplabv3_state(units, width, classes, rng, aux=True, fc=False, head=True):
+  """torchvision's deeplabv3_resnet state dict layout (ResNet + DeepLabHead + FCNHead)."""
+  s = lambda c: max(8, int(round(c * width)))
+  sd = {}
+  prefix = 'backbone.' if head else ''
+
+  def conv(name, out, inp, k, bias=False):
+    sd[name + '.weight'] = rng.normal(0, 0.2, (out, inp, k, k)).astype(np.float32)
+    if bias:
+      sd[name + '.bias'] = rng.normal(0, 0.2, (out,)).astype(np.float32)
+
+  def bn(name, c):
+    sd[name + '.weight'] = rng.uniform(0.5, 1.5, c).astype(np.float32)
+    sd[name + '.bias'] = rng.normal(0, 0.2, c).astype(np.float32)
+    sd[name + '.running_mean'] = rng.normal(0, 0.2, c).astype(np.float32)
+    sd[name + '.running_var'] = rng.uniform(0.5, 1.5, c).astype(np.float32)
+    sd[name + '.num_batches_tracked'] = np.array(7, np.int64)
+
+  conv(prefix + 'conv1', s(64), 3, 7)
+  bn(prefix + 'bn1', s(64))
+  inp = s(64)
+  for b, n in enumerate(units):
+    f = s(64 * 2**b)
+    for u in range(n):
+      p = f'{prefix}layer{b + 1}.{u}'
+      conv(p + '.conv1', f, inp, 1), bn(p + '.bn1', f)
+      conv(p + '.conv2', f, f, 3), bn(p + '.bn2', f)
+      conv(p + '.conv3', 4 * f, f, 1), bn(p + '.bn3', 4 * f)
+      if u == 0:
+        conv(p + '.downsample.0', 4 * f, inp, 1), bn(p + '.downsample.1', 4 * f)
+      inp = 4 * f
+    if b == 2:
+      layer3 = inp
+  if fc:
+    sd['fc.weight'] = rng.normal(0, 0.1, (1000, inp)).astype(np.float32)
+    sd['fc.bias'] = np.zeros(1000, np.float32)
+  if head:
+    a = s(256)
+    conv('classifier.0.convs.0.0', a, inp, 1), bn('classifier.0.convs.0.1', a)
+    for i in (1, 2, 3):
+      conv(f'classifier.0.convs.{i}.0', a, inp, 3), bn(f'classifier.0.convs.{i}.1', a)
+    conv('classifier.0.convs.4.1', a, inp, 1), bn('classifier.0.convs.4.2', a)
+    conv('classifier.0.project.0', a, 5 * a, 1), bn('classifier.0.project.1', a)
+    conv('classifier.1', a, a, 3), bn('classifier.2', a)
+    conv('classifier.4', classes, a, 1, bias=True)
+  if aux:
+    conv('aux_classifier.0', layer3 // 4, layer3, 3), bn('aux_classifier.1', layer3 // 4)
+    conv('aux_classifier.4', classes, layer3 // 4, 1, bias=True)
+  return sd
+
+
+def tiny_config(aux=True):
+  return v3_torchvision.get_config('resnet50,smoke' + (',aux' if aux else ''))
+
+
+def test_a_torchvision_deeplabv3_converts_every_tensor(tmp_path):
+  config = tiny_config()
+  state = torchvision_deeplabv3_state(config.model.backbone.units, 0.125, 21,
+                                      np.random.default_rng(0))
+  save_file(state, str(tmp_path / 'model.safetensors'))
+  info = convert.convert('torchvision', str(tmp_path / 'model.safetensors'), config,
+                         str(tmp_path / 'out'))
+  assert info['fresh'] == [] and info['dropped'] == [] and info['num_classes'] == 21
+  # Every tensor but BatchNorm's counters became one variable, with its values.
+  assert info['converted'] == sum(not k.endswith('num_batches_tracked') for k in state)
+  variables = pretrained.load_variables(str(tmp_path / 'out'))
+  stem = variables['params']['backbone']['stem_conv1']
+  np.testing.assert_array_equal(stem['conv']['kernel'],
+                                state['backbone.conv1.weight'].transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(variables['batch_stats']['aspp']['image_pooling']['bn']['var'],
+                                state['classifier.0.convs.4.2.running_var'])
+  np.testing.assert_array_equal(variables['params']['aux_head']['classifier']['bias'],
+                                state['aux_classifier.4.bias'])
+
+
+def test_an_imagenet_backbone_converts_and_leaves_the_head_fresh(tmp_path):
+  config = tiny_config(aux=False)
+  state = torchvision_deeplabv3_state(config.model.backbone.units, 0.125, 21,
+                                      np.random.default_rng(1), aux=False, fc=True, head=False)
+  save_file(state, str(tmp_path / 'resnet.safetensors'))
+  info = convert.convert('torchvision', str(tmp_path / 'resnet.safetensors'), config,
+                         str(tmp_path / 'out'), num_classes=5)
+  assert sorted(info['dropped']) == ['fc.bias', 'fc.weight']
+  assert info['fresh'] and all(not k.startswith(('params/backbone', 'batch_stats/backbone'))
+                               for k in info['fresh'])
+
+
+@pytest.mark.parametrize('change, message', [
+    (lambda sd: sd.update({'backbone.layer9.0.conv1.weight': np.zeros((1, 1, 1, 1))}),
+     'layer9.0.conv1.weight'),
+    (lambda sd: sd.update({'backbone.conv1.weight': np.zeros((8, 3, 5, 5), np.float32)}),
+     r'stem_conv1/conv/kernel has shape \(5, 5, 3, 8\)'),
+    (lambda sd: sd.update({'mystery.weight': np.zeros(3, np.float32)}), 'mystery.weight'),
+])
+def test_a_tensor_that_does_not_fit_is_named(tmp_path, change, message):
+  config = tiny_config()
+  state = torchvision_deeplabv3_state(config.model.backbone.units, 0.125, 21,
+                                      np.random.default_rng(2))
+  change(state)
+  save_file(state, str(tmp_path / 'bad.safetensors'))
+  with pytest.raises(UserError, match=message):
+    convert.convert('torchvision', str(tmp_path / 'bad.safetensors'), config,
+                    str(tmp_path / 'out'))
+
+
+def test_merge_loads_matches_and_reinitialises_a_classifier_of_other_classes():
+  target = {'params': {'backbone': {'w': np.zeros((3, 4))},
+                       'classifier': {'kernel': np.zeros((1, 1, 4, 5)), 'bias': np.zeros(5)},
+                       'new': {'w': np.zeros(2)}},
+            'batch_stats': {'backbone': {'mean': np.zeros(4)}}}
+  source = {'params': {'backbone': {'w': np.ones((3, 4))},
+                       'classifier': {'kernel': np.ones((1, 1, 4, 21)), 'bias': np.ones(21)},
+                       'old': {'w': np.ones(2)}},
+            'batch_stats': {'backbone': {'mean': np.full(4, 2.0)}}}
+  merged, report = pretrained.merge(target, source)
+  np.testing.assert_array_equal(merged['params']['backbone']['w'], 1.0)
+  np.testing.assert_array_equal(merged['batch_stats']['backbone']['mean'], 2.0)
+  np.testing.assert_array_equal(merged['params']['classifier']['bias'], np.zeros(5))
+  assert report['loaded'] == ['params/backbone/w', 'batch_stats/backbone/mean']
+  assert report['fresh'] == ['params/classifier/kernel (classes 21 -> 5)',
+                             'params/classifier/bias (classes 21 -> 5)', 'params/new/w']
+  assert report['skipped'] == ['params/old/w']
+  source['params']['backbone']['w'] = np.ones((3, 7))
+  with pytest.raises(UserError, match=r'params/backbone/w has shape \(3, 7\)'):
+    pretrained.merge(target, source)
+
+
+def test_a_run_starts_from_converted_weights_with_other_classes(tmp_path, cache_dir):
+  """init_from a 21-class conversion into a synthetic-data run: the backbone and BatchNorm
+  statistics are the converted ones, the classifiers are fresh with the run's class count."""
+  from deeplab_jax import train  # pylint: disable=g-import-not-at-top
+  config = tiny_config()
+  state = torchvision_deeplabv3_state(config.model.backbone.units, 0.125, 21,
+                                      np.random.default_rng(3))
+  save_file(state, str(tmp_path / 'model.safetensors'))
+  convert.convert('torchvision', str(tmp_path / 'model.safetensors'), config,
+                  str(tmp_path / 'converted'))
+  config.data.name = 'synthetic'
+  config.data.cache_dir = cache_dir
+  config.init_from = str(tmp_path / 'converted')
+  config.train.batch_size = config.eval.batch_size = 8  # the 8 forced CPU devices
+  setup = train._Setup(config, str(tmp_path / 'run'))  # pylint: disable=protected-access
+  params = jax.device_get(setup.state.params)
+  stats = jax.device_get(setup.state.batch_stats)
+  np.testing.assert_array_equal(params['backbone']['block2_unit1']['conv2']['conv']['kernel'],
+                                state['backbone.layer2.0.conv2.weight'].transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(stats['aspp']['projection']['bn']['mean'],
+                                state['classifier.0.project.1.running_mean'])
+  classes = setup.dataset.num_classes
+  assert classes != 21
+  assert params['classifier']['kernel'].shape[-1] == classes
+  assert params['aux_head']['classifier']['bias'].shape == (classes,)
+
+
+def _import_torchvision():
+  """torch + torchvision on a CPU-only machine: torchvision's compiled operator registrations
+  need CUDA builds, so they are replaced by an empty module (tests only)."""
+  pytest.importorskip('torch')
+  sys.modules.setdefault('torchvision._meta_registrations',
+                         types.ModuleType('torchvision._meta_registrations'))
+  try:
+    return importlib.import_module('torchvision.models.segmentation')
+  except Exception as e:  # pylint: disable=broad-except
+    pytest.skip(f'torchvision does not import here: {e}')
+
+
+def test_torchvision_deeplabv3_resnet50_logits_match(tmp_path):
+  """A random torchvision deeplabv3_resnet50 (random BatchNorm statistics too), converted:
+  its logits and ours on the same input agree to 1e-4 (max absolute, float32)."""
+  segmentation = _import_torchvision()
+  import torch  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  net = segmentation.deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=21,
+                                        aux_loss=True).eval()
+  with torch.no_grad():
+    for module in net.modules():
+      if isinstance(module, torch.nn.BatchNorm2d):
+        module.running_mean.uniform_(-0.2, 0.2)
+        module.running_var.uniform_(0.5, 1.5)
+        module.weight.uniform_(0.5, 1.5)
+        module.bias.uniform_(-0.2, 0.2)
+  torch.save(net.state_dict(), tmp_path / 'deeplabv3_resnet50.pth')
+  x = np.random.default_rng(0).normal(size=(1, 3, 67, 83)).astype(np.float32)
+  np.save(tmp_path / 'x.npy', x)
+  convert.convert('torchvision', str(tmp_path / 'deeplabv3_resnet50.pth'),
+                  v3_torchvision.get_config('resnet50,aux'), str(tmp_path / 'out'),
+                  dump=f'{tmp_path}/x.npy:{tmp_path}/ours.npy')
+  with torch.no_grad():
+    want = net(torch.from_numpy(x))['out'].numpy()
+  got = np.load(tmp_path / 'ours.npy')
+  assert got.shape == want.shape == (1, 21, 67, 83)
+  print(f"max |ours - torchvision| = {np.abs(got - want).max():.2e}")
+  assert np.abs(got - want).max() < 1e-4, np.abs(got - want).max()
