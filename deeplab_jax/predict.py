@@ -105,6 +105,20 @@ def list_images(path: str) -> Iterator[Tuple[str, str]]:
         yield os.path.join(dirpath, f), os.path.splitext(relative)[0].replace(os.sep, '_')
 
 
+def load_latest(config, workdir: str, num_classes: int, what: str = 'predict with'):
+  """(step, {'params', 'batch_stats'}) of the workdir's latest checkpoint."""
+  mesh = sharding.make_mesh(config.mesh)
+  trained = deeplab.build_model(config.model, num_classes)
+  tx = optim.make_optimizer(config.optim, config.train.num_steps)
+  _, abstract, _ = train.create_train_state(trained, tx, config, mesh, jax.random.key(0))
+  manager = checkpointing.make_manager(workdir, config.train.keep_checkpoints)
+  step = manager.latest_step()
+  if step is None:
+    raise UserError(f'no checkpoint in {workdir}/checkpoints to {what}.')
+  state = checkpointing.restore(manager, step, abstract)
+  return step, {'params': state.params, 'batch_stats': state.batch_stats}
+
+
 class Predictor:
   """The latest checkpoint of a workdir, ready to label images of any size."""
 
@@ -113,16 +127,7 @@ class Predictor:
     self.config = config
     self.class_names, self.colors = class_info(config.data)
     k = len(self.class_names)
-    mesh = sharding.make_mesh(config.mesh)
-    trained = deeplab.build_model(config.model, k)
-    tx = optim.make_optimizer(config.optim, config.train.num_steps)
-    _, abstract, _ = train.create_train_state(trained, tx, config, mesh, jax.random.key(0))
-    manager = checkpointing.make_manager(workdir, config.train.keep_checkpoints)
-    self.step = manager.latest_step()
-    if self.step is None:
-      raise UserError(f'no checkpoint in {workdir}/checkpoints to predict with.')
-    state = checkpointing.restore(manager, self.step, abstract)
-    self.variables = {'params': state.params, 'batch_stats': state.batch_stats}
+    self.step, self.variables = load_latest(config, workdir, k)
     model = evaluate.build_eval_model(config, k)
     self._log_probs = jax.jit(lambda v, x: jax.nn.log_softmax(
         evaluate.predict_logits(model, v, x, config), axis=-1))
