@@ -11,14 +11,18 @@ dropout 0.5 after the projection, an extra 3x3 conv of 256 + BN + ReLU, a 1x1 cl
 Parameters: 39,638,869 (resnet50) and 58,630,997 (resnet101); with `aux` 42,004,074 and
 60,996,202, as torchvision's models. Recipe of torchvision's reference scripts: crop 480,
 batch 32, poly learning rate 0.02, weight decay 1e-4.
-Variants (comma-separated): `resnet50` or `resnet101` (default), `aux`, `smoke`.
+`fcn`: torchvision's FCN (`fcn_resnet50` / `fcn_resnet101`) on the same backbone: its head
+(3x3 conv 512 + BN + ReLU, then the 1x1 classifier) is the context module with one rate-1 layer
+of 512 (no dropout); 32,957,013 / 51,949,141 parameters, with `aux` 35,322,218 / 54,314,346 as
+torchvision's.
+Variants (comma-separated): `resnet50` or `resnet101` (default), `aux`, `fcn`, `smoke`.
 """
 
 from configs import common
 
 
 def get_config(arg=None):
-  variant = common.parse_variant(arg, {'resnet50', 'resnet101', 'aux', 'smoke'},
+  variant = common.parse_variant(arg, {'resnet50', 'resnet101', 'aux', 'fcn', 'smoke'},
                                  'configs/v3_torchvision.py')
   if {'resnet50', 'resnet101'} <= variant:
     raise ValueError('configs/v3_torchvision.py: choose one of resnet50, resnet101.')
@@ -34,6 +38,10 @@ def get_config(arg=None):
   config.model.aspp.atrous_rates = (12, 24, 36)
   config.model.aspp.dropout_rate = 0.5
   config.model.aspp.output_conv = True
+  if 'fcn' in variant:
+    config.model.context = 'context_module'
+    config.model.context_module.atrous_rates = (1,)
+    config.model.context_module.features = 512
   if 'aux' in variant:
     config.model.aux_head.endpoint = 'block3'
     config.model.aux_head.features = 256

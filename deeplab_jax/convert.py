@@ -6,9 +6,9 @@ r"""Converts pretrained weights into variables a run starts from (`config.init_f
       --config.init_from=/tmp/tv_v3 --workdir=/tmp/run ...
 
 torchvision: ImageNet ResNet-50/101 state dicts (the backbone; `fc` is dropped) and the full
-`deeplabv3_resnet50/101` models (backbone, DeepLabHead, optional aux_classifier). Build the
-config in torchvision's layout (`configs/v3_torchvision.py`; for a backbone alone, any config
-with `model.backbone.layout='torchvision'`). `.pth` files are read with
+`deeplabv3_resnet50/101` and `fcn_resnet50/101` models (backbone, DeepLabHead or FCNHead,
+optional aux_classifier). Build the config in torchvision's layout (`configs/v3_torchvision.py`,
+`:fcn` for FCN; for a backbone alone, any config with `model.backbone.layout='torchvision'`). `.pth` files are read with
 `torch.load(weights_only=True)` (tensors only, no arbitrary unpickling; needs torch),
 `.safetensors` files with the `safetensors` package (no torch needed).
 
@@ -82,13 +82,17 @@ _TORCHVISION_RULES = [
     (r'classifier\.0\.convs\.0\.1', 'aspp/conv1x1/bn'),
     (r'classifier\.0\.project\.0', 'aspp/projection/conv'),
     (r'classifier\.0\.project\.1', 'aspp/projection/bn'),
-    (r'classifier\.1', 'aspp/output_conv/conv'),
-    (r'classifier\.2', 'aspp/output_conv/bn'),
     (r'classifier\.4', 'classifier'),
     (r'aux_classifier\.0', 'aux_head/conv/conv'),
     (r'aux_classifier\.1', 'aux_head/conv/bn'),
     (r'aux_classifier\.4', 'aux_head/classifier'),
 ]
+# The head's first layers: DeepLabHead (ASPP, then a 3x3 conv + BN) or FCNHead (3x3 conv + BN,
+# our context module with one rate-1 layer: configs/v3_torchvision.py:fcn).
+_DEEPLAB_HEAD = [(r'classifier\.1', 'aspp/output_conv/conv'),
+                 (r'classifier\.2', 'aspp/output_conv/bn')]
+_FCN_HEAD = [(r'classifier\.0', 'context_module/conv1/conv'),
+             (r'classifier\.1', 'context_module/conv1/bn')]
 _DROPPED = re.compile(r'^fc\.(weight|bias)$')  # the ImageNet classifier of a backbone
 
 
@@ -104,11 +108,13 @@ def _aspp_branch(module: str, pooling_index: int):
 
 
 def torchvision_module(module: str, pooling_index: int):
-  """Our module path for a torchvision module name, or None."""
+  """Our module path for a torchvision module name, or None. pooling_index: the index of
+  DeepLabHead's ASPP pooling branch, or -1 for an FCN head (or none)."""
   found = _aspp_branch(module, pooling_index)
   if found:
     return found
-  for pattern, target in _TORCHVISION_RULES:
+  head = _DEEPLAB_HEAD if pooling_index >= 0 else _FCN_HEAD
+  for pattern, target in _TORCHVISION_RULES + head:
     m = re.fullmatch(pattern, module)
     if m:
       groups = m.groups()
@@ -135,7 +141,7 @@ def from_torchvision(state: Dict[str, np.ndarray]) -> Tuple[Dict[str, np.ndarray
     target = torchvision_module(module, pooling_index)
     if target is None:
       raise UserError(f'torchvision tensor {name!r} {tuple(value.shape)} has no counterpart in '
-                      'deeplab_jax (ResNet backbones, DeepLabHead and the aux FCN head '
+                      'deeplab_jax (ResNet backbones, DeepLabHead, FCNHead and the aux head '
                       'convert).')
     value = np.asarray(value, np.float32)
     if target.endswith('/bn'):
