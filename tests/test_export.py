@@ -77,3 +77,16 @@ def test_export_refuses_what_sizes_cannot_carry(workdir, tmp_path):
     export.export_model(config, path, 'stablehlo', str(tmp_path / 'x'))
   with pytest.raises(UserError, match="--format='onnx'"):
     export.export_model(workdir[0], path, 'onnx', str(tmp_path / 'x'))
+
+
+def test_init_from_reads_a_workdirs_latest_checkpoint(workdir):
+  """config.init_from may name another run's workdir: its latest checkpoint's variables."""
+  from deeplab_jax import pretrained  # pylint: disable=g-import-not-at-top
+  config, path = workdir
+  _, want = predict.load_latest(config, path, len(predict.class_info(config.data)[0]))
+  got = pretrained.load_variables(path)
+  for collection in ('params', 'batch_stats'):
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(got[collection]),
+                 jax.device_get(want[collection]))
+  with pytest.raises(UserError, match='neither a directory written by'):
+    pretrained.load_variables(os.path.dirname(path))
