@@ -3,6 +3,7 @@
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -11,7 +12,6 @@ from deeplab_jax import checkpointing
 from deeplab_jax import export
 from deeplab_jax import optim
 from deeplab_jax import predict
-from deeplab_jax import sharding
 from deeplab_jax import train
 from deeplab_jax.errors import UserError
 from deeplab_jax.models import deeplab
@@ -24,14 +24,17 @@ def workdir(tmp_path_factory):
   config = quickstart.get_config('smoke')
   path = str(tmp_path_factory.mktemp('export_workdir'))
   num_classes = len(predict.class_info(config.data)[0])
-  mesh = sharding.make_mesh(config.mesh)
   model = deeplab.build_model(config.model, num_classes)
   tx = optim.make_optimizer(config.optim, config.train.num_steps)
-  init, _, _ = train.create_train_state(model, tx, config, mesh, jax.random.key(1))
-  state = init(jax.random.key(1))
+  h, w = config.data.crop_size
+  variables = model.init({'params': jax.random.key(1), 'dropout': jax.random.key(1)},
+                         jnp.zeros((1, h, w, 3)), train=False)
   rng = np.random.default_rng(0)
-  state = state.replace(batch_stats=jax.tree.map(
-      lambda x: x + rng.uniform(0.0, 0.5, x.shape).astype(x.dtype), state.batch_stats))
+  state = train.TrainState(
+      step=jnp.zeros((), jnp.int32), params=variables['params'],
+      batch_stats=jax.tree.map(lambda x: x + rng.uniform(0.0, 0.5, x.shape).astype(x.dtype),
+                               variables['batch_stats']),
+      opt_state=tx.init(variables['params']))
   manager = checkpointing.make_manager(path, keep=1)
   checkpointing.save(manager, 7, state)
   manager.wait_until_finished()
