@@ -204,6 +204,18 @@ def _import_torchvision():
     pytest.skip(f'torchvision does not import here: {e}')
 
 
+def _randomise_batchnorm(net):
+  """Random BatchNorm statistics and affine parameters, so that a mix-up of them shows."""
+  import torch  # pylint: disable=g-import-not-at-top
+  with torch.no_grad():
+    for module in net.modules():
+      if isinstance(module, torch.nn.BatchNorm2d):
+        module.running_mean.uniform_(-0.2, 0.2)
+        module.running_var.uniform_(0.5, 1.5)
+        module.weight.uniform_(0.5, 1.5)
+        module.bias.uniform_(-0.2, 0.2)
+
+
 @pytest.mark.parametrize('name, variant, tolerance', [
     ('deeplabv3_resnet50', 'resnet50,aux', 1e-4),
     # Random FCN logits reach ~240 (DeepLabv3's ~17): the same 2e-6 relative agreement.
@@ -217,13 +229,7 @@ def test_torchvision_logits_match(tmp_path, name, variant, tolerance):
   torch.manual_seed(0)
   net = getattr(segmentation, name)(weights=None, weights_backbone=None, num_classes=21,
                                     aux_loss=True).eval()
-  with torch.no_grad():
-    for module in net.modules():
-      if isinstance(module, torch.nn.BatchNorm2d):
-        module.running_mean.uniform_(-0.2, 0.2)
-        module.running_var.uniform_(0.5, 1.5)
-        module.weight.uniform_(0.5, 1.5)
-        module.bias.uniform_(-0.2, 0.2)
+  _randomise_batchnorm(net)
   torch.save(net.state_dict(), tmp_path / f'{name}.pth')
   x = np.random.default_rng(0).normal(size=(1, 3, 67, 83)).astype(np.float32)
   np.save(tmp_path / 'x.npy', x)
@@ -242,19 +248,14 @@ def test_torchvision_logits_match(tmp_path, name, variant, tolerance):
 def test_torchvision_imagenet_resnet50_features_match(tmp_path):
   """A random torchvision resnet50 (ImageNet layout, `fc` dropped) converted into our ResNet-50
   in torchvision's layout at OS32: layer4's features agree to 1e-5 of their largest value
-  (measured 2.1e-3 on features reaching 1.6e3, 1.3e-6 relative; float32)."""
+  (measured 2.4e-3 on features reaching 1.4e3, 1.8e-6 relative; float32)."""
   _import_torchvision()
   import torch  # pylint: disable=g-import-not-at-top
   import torchvision  # pylint: disable=g-import-not-at-top
   from deeplab_jax.models import resnet  # pylint: disable=g-import-not-at-top
   torch.manual_seed(1)
   net = torchvision.models.resnet50(weights=None).eval()
-  with torch.no_grad():
-    for module in net.modules():
-      if isinstance(module, torch.nn.BatchNorm2d):
-        module.running_mean.uniform_(-0.2, 0.2)
-        module.running_var.uniform_(0.5, 1.5)
-        module.weight.uniform_(0.5, 1.5)
+  _randomise_batchnorm(net)
   torch.save(net.state_dict(), tmp_path / 'resnet50.pth')
   config = v3_torchvision.get_config('resnet50')
   config.model.output_stride = 32
