@@ -12,6 +12,13 @@ optional aux_classifier). Build the config in torchvision's layout (`configs/v3_
 `torch.load(weights_only=True)` (tensors only, no arbitrary unpickling; needs torch),
 `.safetensors` files with the `safetensors` package (no torch needed).
 
+tf: TF-slim checkpoints of ResNet v1 and v1 beta (DeepLab's ImageNet `resnet_v1_101_beta`,
+slim's `resnet_v1_50/101`), read with `tf.train.load_checkpoint` by their variable names
+(`logits`, `global_step` and optimizer slots are dropped). The config's ResNet must use
+`model.backbone.layout='tfslim'` (strides on the last unit, SAME max pooling) and
+`beta_stem` for beta checkpoints. The zoo's Xception/MobileNet DeepLabv3+ models are not
+converted yet (docs/tf_zoo_notes.md).
+
 Every source tensor must land on a parameter of the config's model with the same shape, or
 the conversion stops and names it; parameters the source lacks (the head, for an ImageNet
 backbone) are listed as fresh: `init_from` initialises them. DIR gets `variables/` (an orbax
@@ -43,7 +50,9 @@ from deeplab_jax import pretrained
 from deeplab_jax.errors import UserError
 from deeplab_jax.models import deeplab
 
-SOURCES = ('torchvision',)
+SOURCES = ('torchvision', 'tf')
+# The ResNet layout each source's weights were trained in (the strides' places differ).
+LAYOUTS = {'torchvision': 'torchvision', 'tf': 'tfslim'}
 
 
 def read_torch_state_dict(path: str) -> Dict[str, np.ndarray]:
@@ -161,6 +170,65 @@ def from_torchvision(state: Dict[str, np.ndarray]) -> Tuple[Dict[str, np.ndarray
   return out, origin, dropped
 
 
+def read_tf_checkpoint(path: str) -> Dict[str, np.ndarray]:
+  """name -> array of every variable in a TF (slim) checkpoint: a prefix or its folder."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  prefix = path
+  if os.path.isdir(path):  # its `checkpoint` file's latest, or its only checkpoint
+    indexes = tf.io.gfile.glob(os.path.join(path, '*.index'))
+    prefix = tf.train.latest_checkpoint(path) or (indexes[0][:-len('.index')]
+                                                  if len(indexes) == 1 else '')
+  if not prefix or not tf.io.gfile.exists(prefix + '.index'):
+    raise UserError(f'--input={path!r} is not a TF checkpoint (a prefix with a .index file, '
+                    'or a folder holding one).')
+  reader = tf.train.load_checkpoint(prefix)
+  return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+
+
+# Training state and classifiers that are not part of the network we build.
+_TF_DROPPED = re.compile(r'^global_step$|/Momentum$|/ExponentialMovingAverage$|'
+                         r'^resnet_v1_\d+/logits/(weights|biases)$')
+_TF_RESNET = [
+    (r'resnet_v1_\d+/conv1', 'backbone/stem_conv1'),
+    (r'resnet_v1_\d+/conv1_(\d)', 'backbone/stem_conv{0}'),
+    (r'resnet_v1_\d+/block(\d)/unit_(\d+)/bottleneck_v1/(conv\d|shortcut)',
+     'backbone/block{0}_unit{1}/{2}'),
+]
+_TF_LEAVES = {'weights': 'params/{}/conv/kernel', 'biases': 'params/{}/conv/bias',
+              'BatchNorm/gamma': 'params/{}/bn/scale', 'BatchNorm/beta': 'params/{}/bn/bias',
+              'BatchNorm/moving_mean': 'batch_stats/{}/bn/mean',
+              'BatchNorm/moving_variance': 'batch_stats/{}/bn/var'}
+
+
+def from_tf(state: Dict[str, np.ndarray]) -> Tuple[Dict[str, np.ndarray], dict, list]:
+  """TF-slim ResNet v1 / v1 beta checkpoint -> (variables by our path, origin, dropped).
+
+  (The DeepLab zoo's Xception and MobileNet models and its heads are not converted yet: their
+  network differs from ours in ways docs/tf_zoo_notes.md lists.)"""
+  out, origin, dropped = {}, {}, []
+  for name, value in state.items():
+    if _TF_DROPPED.search(name):
+      dropped.append(name)
+      continue
+    target = None
+    for leaf, key in _TF_LEAVES.items():
+      if name.endswith('/' + leaf):
+        module = name[:-len(leaf) - 1]
+        for pattern, path in _TF_RESNET:
+          m = re.fullmatch(pattern, module)
+          if m:
+            target = key.format(path.format(*m.groups()))
+            break
+        break
+    if target is None:
+      raise UserError(f'TF variable {name!r} {tuple(np.shape(value))} has no counterpart: '
+                      '--source=tf converts TF-slim ResNet v1 / v1 beta backbones (the DeepLab '
+                      'zoo\'s Xception and MobileNet models are not supported yet).')
+    out[target] = np.asarray(value, np.float32)
+    origin[target] = name
+  return out, origin, dropped
+
+
 def model_and_shapes(config, num_classes: int):
   model = deeplab.build_model(config.model, num_classes)
   h, w = config.data.crop_size
@@ -220,8 +288,15 @@ def convert(source: str, input_path: str, config, output: str, num_classes: int 
   """The whole conversion; returns what it wrote to OUTPUT/conversion.json."""
   if source not in SOURCES:
     raise UserError(f'--source={source!r} is not one of {SOURCES}.')
-  state = read_torch_state_dict(input_path)
-  converted, origin, dropped = from_torchvision(state)
+  backbone = config.model.backbone
+  if backbone.name.startswith('resnet') and backbone.layout != LAYOUTS[source]:
+    raise UserError(f'--source={source} weights need model.backbone.layout='
+                    f'{LAYOUTS[source]!r} (where {source} puts the strides), not '
+                    f'{backbone.layout!r}.')
+  if source == 'tf':
+    converted, origin, dropped = from_tf(read_tf_checkpoint(input_path))
+  else:
+    converted, origin, dropped = from_torchvision(read_torch_state_dict(input_path))
   classes = converted.get('params/classifier/bias')
   if classes is not None:
     num_classes = num_classes or classes.shape[0]
@@ -259,7 +334,8 @@ if __name__ == '__main__':
   config_flags.DEFINE_config_file('config', None, 'Config of the model to convert into.',
                                   lock_config=True)
   flags.DEFINE_enum('source', None, list(SOURCES), 'Where the weights come from.')
-  flags.DEFINE_string('input', None, 'The weights file (.pth, .pt or .safetensors).')
+  flags.DEFINE_string('input', None, 'The weights: .pth, .pt or .safetensors (torchvision); a '
+                      'checkpoint prefix or its folder (tf).')
   flags.DEFINE_string('output', None, 'Directory to write (config.init_from=DIR).')
   flags.DEFINE_integer('num_classes', 0, 'Class count (default: the source classifier\'s, or '
                        'the config\'s data set).')

@@ -16,6 +16,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from configs import v3_torchvision
+from configs import v3_voc
 from deeplab_jax import convert
 from deeplab_jax import pretrained
 from deeplab_jax.errors import UserError
@@ -141,6 +142,64 @@ def test_a_tensor_that_does_not_fit_is_named(tmp_path, change, message):
   with pytest.raises(UserError, match=message):
     convert.convert('torchvision', str(tmp_path / 'bad.safetensors'), config,
                     str(tmp_path / 'out'))
+
+
+def zoo_resnet_v1_101_beta(rng):
+  """The variables of DeepLab's ImageNet `resnet_v1_101_beta` checkpoint (names and shapes as
+  docs/tf_zoo_notes.md lists them), with the classifier and global_step."""
+  variables = {}
+
+  def conv(scope, k, cin, cout):
+    variables[f'{scope}/weights'] = rng.standard_normal((k, k, cin, cout), np.float32) * 0.05
+    for leaf in ('beta', 'gamma', 'moving_mean', 'moving_variance'):
+      variables[f'{scope}/BatchNorm/{leaf}'] = rng.uniform(0.5, 1.5, cout).astype(np.float32)
+
+  root = 'resnet_v1_101'
+  conv(f'{root}/conv1_1', 3, 3, 64)
+  conv(f'{root}/conv1_2', 3, 64, 64)
+  conv(f'{root}/conv1_3', 3, 64, 128)
+  cin = 128
+  for b, (depth, units) in enumerate(((64, 3), (128, 4), (256, 23), (512, 3)), 1):
+    for u in range(1, units + 1):
+      unit = f'{root}/block{b}/unit_{u}/bottleneck_v1'
+      if u == 1:
+        conv(f'{unit}/shortcut', 1, cin, 4 * depth)
+      conv(f'{unit}/conv1', 1, cin, depth)
+      conv(f'{unit}/conv2', 3, depth, depth)
+      conv(f'{unit}/conv3', 1, depth, 4 * depth)
+      cin = 4 * depth
+  variables[f'{root}/logits/weights'] = np.zeros((1, 1, 2048, 1001), np.float32)
+  variables[f'{root}/logits/biases'] = np.zeros(1001, np.float32)
+  variables['global_step'] = np.array(30000, np.int64)
+  return variables
+
+
+def test_a_tf_slim_resnet_v1_101_beta_checkpoint_converts_every_variable(tmp_path):
+  """A TF checkpoint written here with the zoo's names and full shapes: every variable is
+  consumed (530 into the backbone; logits and global_step dropped) and none is missing."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  variables = zoo_resnet_v1_101_beta(np.random.default_rng(5))
+  names = sorted(variables)
+  tf.raw_ops.SaveV2(prefix=str(tmp_path / 'model.ckpt'), tensor_names=names,
+                    shape_and_slices=[''] * len(names),
+                    tensors=[tf.constant(variables[n]) for n in names])
+  config = v3_voc.get_config()  # ResNet-101 beta in TF-slim's layout
+  info = convert.convert('tf', str(tmp_path), config, str(tmp_path / 'out'), num_classes=21)
+  assert info['converted'] == 530 == len(variables) - 3
+  assert sorted(info['dropped']) == ['global_step', 'resnet_v1_101/logits/biases',
+                                     'resnet_v1_101/logits/weights']
+  assert info['fresh'] and not [k for k in info['fresh'] if '/backbone/' in f'/{k}']
+  converted = pretrained.load_variables(str(tmp_path / 'out'))
+  unit = converted['params']['backbone']['block3_unit23']['conv2']
+  np.testing.assert_array_equal(
+      unit['conv']['kernel'], variables['resnet_v1_101/block3/unit_23/bottleneck_v1/conv2/weights'])
+  np.testing.assert_array_equal(
+      converted['batch_stats']['backbone']['stem_conv3']['bn']['var'],
+      variables['resnet_v1_101/conv1_3/BatchNorm/moving_variance'])
+  # TF weights into torchvision's stride layout would be silently wrong: refused.
+  config.model.backbone.layout = 'torchvision'
+  with pytest.raises(UserError, match="layout='tfslim'"):
+    convert.convert('tf', str(tmp_path), config, str(tmp_path / 'out2'), num_classes=21)
 
 
 def test_merge_loads_matches_and_reinitialises_a_classifier_of_other_classes():
