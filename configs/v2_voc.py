@@ -8,8 +8,8 @@ The v2 paper's recipe (section 4.1): crops of 321, batch 10, poly learning rate 
 0.5 through shared weights, logits fused by max, with a loss on each scale and on the
 fused output; random scaling 0.5 to 1.5 and flips; the dense CRF at evaluation
 (config.eval.crf). Not reproduced: the 10x learning rate of the classifier and the frozen
-ImageNet BatchNorm statistics (there are no pretrained weights yet). Variant `:smoke` is a
-tiny model for tests.
+ImageNet BatchNorm statistics (ImageNet weights load with config.init_from, from
+deeplab_jax.convert, but BatchNorm still trains). Variant `:smoke` is a tiny model for tests.
 """
 
 from configs import common

@@ -8,9 +8,9 @@ r"""Converts pretrained weights into variables a run starts from (`config.init_f
 torchvision: ImageNet ResNet-50/101 state dicts (the backbone; `fc` is dropped) and the full
 `deeplabv3_resnet50/101` and `fcn_resnet50/101` models (backbone, DeepLabHead or FCNHead,
 optional aux_classifier). Build the config in torchvision's layout (`configs/v3_torchvision.py`,
-`:fcn` for FCN; for a backbone alone, any config with `model.backbone.layout='torchvision'`). `.pth` files are read with
-`torch.load(weights_only=True)` (tensors only, no arbitrary unpickling; needs torch),
-`.safetensors` files with the `safetensors` package (no torch needed).
+`:fcn` for FCN; for a backbone alone, any config with `model.backbone.layout='torchvision'`).
+`.pth` files are read with `torch.load(weights_only=True)` (tensors only, no arbitrary
+unpickling; needs torch), `.safetensors` files with the `safetensors` package (no torch).
 
 tf: TF-slim checkpoints of ResNet v1 and v1 beta (DeepLab's ImageNet `resnet_v1_101_beta`,
 slim's `resnet_v1_50/101`), read with `tf.train.load_checkpoint` by their variable names
@@ -194,7 +194,8 @@ _TF_RESNET = [
     (r'resnet_v1_\d+/block(\d)/unit_(\d+)/bottleneck_v1/(conv\d|shortcut)',
      'backbone/block{0}_unit{1}/{2}'),
 ]
-_TF_LEAVES = {'weights': 'params/{}/conv/kernel', 'biases': 'params/{}/conv/bias',
+# A TF-slim ResNet has no conv biases (only its logits, which are dropped).
+_TF_LEAVES = {'weights': 'params/{}/conv/kernel',
               'BatchNorm/gamma': 'params/{}/bn/scale', 'BatchNorm/beta': 'params/{}/bn/bias',
               'BatchNorm/moving_mean': 'batch_stats/{}/bn/mean',
               'BatchNorm/moving_variance': 'batch_stats/{}/bn/var'}

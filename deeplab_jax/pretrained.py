@@ -69,7 +69,8 @@ def _flat(tree) -> Dict[str, Any]:
       flax.core.unfreeze(tree)).items()}
 
 
-def merge(target: Dict[str, Any], source: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, List[str]]]:
+def merge(target: Dict[str, Any],
+          source: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, List[str]]]:
   """Target {'params', 'batch_stats'} with every matching leaf taken from source.
 
   Returns (merged variables as numpy/jax leaves, report) where the report lists 'loaded',

@@ -300,7 +300,8 @@ def test_torchvision_logits_match(tmp_path, name, variant, tolerance):
     want = net(torch.from_numpy(x))['out'].numpy()
   got = np.load(tmp_path / 'ours.npy')
   assert got.shape == want.shape == (1, 21, 67, 83)
-  print(f'{name}: max |ours - torchvision| = {np.abs(got - want).max():.2e}, max |logit| {np.abs(want).max():.2e}')
+  print(f'{name}: max |ours - torchvision| = {np.abs(got - want).max():.2e}, '
+        f'max |logit| {np.abs(want).max():.2e}')
   assert np.abs(got - want).max() < tolerance, np.abs(got - want).max()
 
 
@@ -332,6 +333,7 @@ def test_torchvision_imagenet_resnet50_features_match(tmp_path):
     want = net.layer4(net.layer3(net.layer2(net.layer1(t)))).numpy().transpose(0, 2, 3, 1)
   got = np.asarray(ours['features'])
   assert got.shape == want.shape == (1, 2, 3, 2048)
-  print(f"resnet50 layer4: max |ours - torchvision| = {np.abs(got - want).max():.2e}, max |feature| {np.abs(want).max():.2e}")
+  print(f'resnet50 layer4: max |ours - torchvision| = {np.abs(got - want).max():.2e}, '
+        f'max |feature| {np.abs(want).max():.2e}')
   assert np.abs(got - want).max() < 1e-5 * max(1.0, np.abs(want).max()), (
       np.abs(got - want).max(), np.abs(want).max())

@@ -14,9 +14,10 @@ new seed until none is left (three rounds for a photograph). The neighbours alon
 are found by looking up key + u_j the same way; the - neighbours are their inverse.
 
 XLA needs static shapes, and a point set has at most N * (d + 1) vertices but usually far fewer
-(139,070 for the 250,000 pixels of a 500 x 500 CamVid image with the VOC parameters). `build` therefore runs in two jitted stages and reads
-the vertex count on the host in between, so that the blur, which runs every mean-field
-iteration, touches only a capacity rounded up from the vertices in use.
+(139,070 for the 250,000 pixels of a 500 x 500 CamVid image with the VOC parameters). `build`
+therefore runs in two jitted stages and reads the vertex count on the host in between, so that
+the blur, which runs every mean-field iteration, touches only a capacity rounded up from the
+vertices in use.
 """
 
 import functools
