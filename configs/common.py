@@ -43,6 +43,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.model.dtype = 'float32'       # compute dtype; parameters stay float32
   config.model.bn_momentum = 0.99
   config.model.bn_epsilon = 1e-5
+  # Bilinear resizes of the decoder input, input scales and logits map corner to corner (TF1's
+  # align_corners=True, as the public DeepLab code and its checkpoints); False: half-pixel.
+  config.model.align_corners = False
   config.model.backbone = ml_collections.ConfigDict()
   # resnet50 | resnet101 | xception65 | xception71 | vgg16 | mobilenetv2
   config.model.backbone.name = 'resnet101'
@@ -50,6 +53,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.model.backbone.units = ()     # ResNet: units per block; Xception: (middle units,)
   config.model.backbone.layout = 'deeplab'  # ResNet: deeplab | torchvision | tfslim
   config.model.backbone.beta_stem = False   # ResNet: three 3x3 convs in place of the 7x7
+  config.model.backbone.preactivation = False  # Xception: the public TF code's module form
+  config.model.backbone.bn_epsilon = 0.0    # 0 = model.bn_epsilon
   config.model.backbone.extra_blocks = 0    # ResNet: cascaded copies of block4 (v3, sec. 3.2)
   config.model.backbone.depth_multiplier = 1.0  # MobileNetV2
   config.model.backbone.fc6_rate = 12       # VGG-16 LargeFOV
@@ -144,9 +149,22 @@ def use_xception(config, name='xception65'):
   config.model.backbone.multi_grid = (1, 1, 1)
   config.model.aspp.separable = True
   config.model.decoder.separable = True
-  config.model.bn_epsilon = 1e-3     # the public code's Xception BatchNorm
+  config.model.backbone.bn_epsilon = 1e-3  # the public code's Xception BatchNorm (head: 1e-5)
   config.optim.weight_decay = 4e-5
   config.optim.weight_decay_pattern = NO_DEPTHWISE_DECAY
+  return config
+
+
+def use_tf_zoo(config):
+  """The network as the public TF DeepLab code builds it, so that its model-zoo checkpoints
+  convert exactly (python -m deeplab_jax.convert --source=tf): Xception modules in the TF
+  code's pre-activation form, corner-aligned bilinear resizes, and inputs scaled to [-1, 1]
+  (x / 127.5 - 1). BatchNorm epsilon is already the TF code's (use_xception)."""
+  if config.model.backbone.name.startswith('xception'):
+    config.model.backbone.preactivation = True
+  config.model.align_corners = True
+  config.data.mean = (127.5, 127.5, 127.5)
+  config.data.std = (127.5, 127.5, 127.5)
   return config
 
 

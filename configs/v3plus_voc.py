@@ -6,14 +6,15 @@
 The v3+ paper's recipe (section 4): crops of 513, batch 16, poly learning rate 0.007 for
 30k steps, weight decay 4e-5 (Xception) or 1e-4 (ResNet), BatchNorm decay 0.9997.
 Variants (comma-separated): `resnet101` (ResNet-101, multi-grid (1, 2, 4), plain convs:
-the paper's table 3 model), `xception71`, `smoke` (a tiny model for tests).
+the paper's table 3 model), `xception71`, `tf_zoo` (the public TF code's network, which the model zoo's
+checkpoints convert into: `common.use_tf_zoo`), `smoke` (a tiny model for tests).
 """
 
 from configs import common
 
 
 def get_config(arg=None):
-  variant = common.parse_variant(arg, {'resnet101', 'xception71', 'smoke'},
+  variant = common.parse_variant(arg, {'resnet101', 'xception71', 'tf_zoo', 'smoke'},
                                  'configs/v3plus_voc.py')
   config = common.get_base_config()
   config.data.name = 'voc'
@@ -35,6 +36,8 @@ def get_config(arg=None):
   config.train.batch_size = 16
   config.train.num_steps = 30_000
   config.eval.image_size = (513, 513)
+  if 'tf_zoo' in variant:
+    common.use_tf_zoo(config)
   if 'smoke' in variant:
     common.make_smoke(config)
   return config

@@ -12,12 +12,15 @@ optional aux_classifier). Build the config in torchvision's layout (`configs/v3_
 `.pth` files are read with `torch.load(weights_only=True)` (tensors only, no arbitrary
 unpickling; needs torch), `.safetensors` files with the `safetensors` package (no torch).
 
-tf: TF-slim checkpoints of ResNet v1 and v1 beta (DeepLab's ImageNet `resnet_v1_101_beta`,
-slim's `resnet_v1_50/101`), read with `tf.train.load_checkpoint` by their variable names
-(`logits`, `global_step` and optimizer slots are dropped). The config's ResNet must use
-`model.backbone.layout='tfslim'` (strides on the last unit, SAME max pooling) and
-`beta_stem` for beta checkpoints. The zoo's Xception/MobileNet DeepLabv3+ models are not
-converted yet (docs/tf_zoo_notes.md).
+tf: checkpoints of the public DeepLab code and TF-slim, read with `tf.train.load_checkpoint`
+by their variable names (an ImageNet backbone's `logits`, `global_step` and optimizer slots
+are dropped): the model zoo's DeepLabv3+ Xception-65 models (VOC, Cityscapes, ADE20K) and its
+ImageNet Xception-65 and `resnet_v1_101_beta`, and slim's `resnet_v1_50/101`. Build the config
+in the TF code's form: the `tf_zoo` variant of configs/v3plus_*.py (`common.use_tf_zoo`:
+pre-activation Xception modules, corner-aligned resizes, inputs scaled to [-1, 1]); a
+ResNet needs `model.backbone.layout='tfslim'` (and `beta_stem` for beta checkpoints). The
+zoo's ADE20K model has 151 outputs, the first for the ignored 'other': `--drop_first_class`
+leaves our 150. MobileNet checkpoints are not converted (docs/tf_zoo_notes.md).
 
 Every source tensor must land on a parameter of the config's model with the same shape, or
 the conversion stops and names it; parameters the source lacks (the head, for an ImageNet
@@ -187,46 +190,109 @@ def read_tf_checkpoint(path: str) -> Dict[str, np.ndarray]:
 
 # Training state and classifiers that are not part of the network we build.
 _TF_DROPPED = re.compile(r'^global_step$|/Momentum$|/ExponentialMovingAverage$|'
-                         r'^resnet_v1_\d+/logits/(weights|biases)$')
-_TF_RESNET = [
-    (r'resnet_v1_\d+/conv1', 'backbone/stem_conv1'),
-    (r'resnet_v1_\d+/conv1_(\d)', 'backbone/stem_conv{0}'),
-    (r'resnet_v1_\d+/block(\d)/unit_(\d+)/bottleneck_v1/(conv\d|shortcut)',
+                         r'^(resnet_v1_\d+|xception_\d+)/logits/(weights|biases)$')
+# (pattern over a TF module path, its kind, our module path as a format string of the groups).
+# Kinds: 'conv' (slim conv + BatchNorm: our ConvBN), 'depthwise' and 'pointwise' (the two
+# halves of a slim separable conv: our SeparableConvBN), 'logits' (conv + biases).
+_X = r'xception_\d+/'
+_XM = r'/unit_1/xception_module/'
+_TF_MODULES = [
+    (r'resnet_v1_\d+/conv1', 'conv', 'backbone/stem_conv1'),
+    (r'resnet_v1_\d+/conv1_(\d)', 'conv', 'backbone/stem_conv{0}'),
+    (r'resnet_v1_\d+/block(\d)/unit_(\d+)/bottleneck_v1/(conv\d|shortcut)', 'conv',
      'backbone/block{0}_unit{1}/{2}'),
+    (_X + r'entry_flow/conv1_(\d)', 'conv', 'backbone/entry_conv{0}'),
+    (_X + r'entry_flow/block(\d+)' + _XM + r'shortcut', 'conv', 'backbone/entry_block{0}/shortcut'),
+    (_X + r'entry_flow/block(\d+)' + _XM + r'separable_conv(\d)_(depthwise|pointwise)', '{2}',
+     'backbone/entry_block{0}/sepconv{1}'),
+    (_X + r'middle_flow/block1/unit_(\d+)/xception_module/separable_conv(\d)_(depthwise|pointwise)',
+     '{2}', 'backbone/middle_unit{0}/sepconv{1}'),
+    (_X + r'exit_flow/block(\d)' + _XM + r'shortcut', 'conv', 'backbone/exit_block{0}/shortcut'),
+    (_X + r'exit_flow/block(\d)' + _XM + r'separable_conv(\d)_(depthwise|pointwise)', '{2}',
+     'backbone/exit_block{0}/sepconv{1}'),
+    # The DeepLab head sits at the root scope (docs/tf_zoo_notes.md).
+    (r'image_pooling', 'conv', 'aspp/image_pooling'),
+    (r'aspp0', 'conv', 'aspp/conv1x1'),
+    (r'aspp(\d)', 'conv', 'aspp/atrous{0}'),
+    (r'aspp(\d)_(depthwise|pointwise)', '{1}', 'aspp/atrous{0}'),
+    (r'concat_projection', 'conv', 'aspp/projection'),
+    (r'decoder/feature_projection0', 'conv', 'decoder/low_level_projection'),
+    (r'decoder/decoder_conv(\d)', 'conv', 'decoder/conv{0+}'),
+    (r'decoder/decoder_conv(\d)_(depthwise|pointwise)', '{1}', 'decoder/conv{0+}'),
+    (r'logits/semantic', 'logits', 'classifier'),
 ]
-# A TF-slim ResNet has no conv biases (only its logits, which are dropped).
-_TF_LEAVES = {'weights': 'params/{}/conv/kernel',
-              'BatchNorm/gamma': 'params/{}/bn/scale', 'BatchNorm/beta': 'params/{}/bn/bias',
-              'BatchNorm/moving_mean': 'batch_stats/{}/bn/mean',
-              'BatchNorm/moving_variance': 'batch_stats/{}/bn/var'}
+_BN = {'BatchNorm/gamma': 'params/{}/scale', 'BatchNorm/beta': 'params/{}/bias',
+       'BatchNorm/moving_mean': 'batch_stats/{}/mean',
+       'BatchNorm/moving_variance': 'batch_stats/{}/var'}
+# Per kind: TF leaf -> our variable (of the module path), and the BatchNorm's sub-module.
+_TF_LEAVES = {
+    'conv': ({'weights': 'params/{}/conv/kernel'}, 'bn'),
+    'depthwise': ({'depthwise_weights': 'params/{}/depthwise/kernel'}, 'depthwise_bn'),
+    'pointwise': ({'weights': 'params/{}/pointwise/kernel'}, 'pointwise_bn'),
+    'logits': ({'weights': 'params/{}/kernel', 'biases': 'params/{}/bias'}, None),
+}
+
+
+def _fill(template: str, groups) -> str:
+  """'{0}' -> group 0; '{0+}' -> group 0 plus one (TF counts some modules from 0)."""
+  return re.sub(r'\{(\d)(\+?)\}', lambda g: (str(int(groups[int(g.group(1))]) + 1)
+                                             if g.group(2) else groups[int(g.group(1))]),
+                template)
+
+
+def tf_variable(name: str):
+  """Our 'params/...' or 'batch_stats/...' key for a TF variable name, or None."""
+  for leaf in ('depthwise_weights', 'weights', 'biases', *_BN):
+    if not name.endswith('/' + leaf):
+      continue
+    module = name[:-len(leaf) - 1]
+    for pattern, kind, path in _TF_MODULES:
+      m = re.fullmatch(pattern, module)
+      if not m:
+        continue
+      kind, path = _fill(kind, m.groups()), _fill(path, m.groups())
+      leaves, bn = _TF_LEAVES[kind]
+      if leaf in leaves:
+        return leaves[leaf].format(path)
+      if bn and leaf in _BN:
+        return _BN[leaf].format(path + '/' + bn)
+      return None
+    return None
+  return None
 
 
 def from_tf(state: Dict[str, np.ndarray]) -> Tuple[Dict[str, np.ndarray], dict, list]:
-  """TF-slim ResNet v1 / v1 beta checkpoint -> (variables by our path, origin, dropped).
+  """TF-slim / DeepLab checkpoint -> (variables by our path, origin, dropped).
 
-  (The DeepLab zoo's Xception and MobileNet models and its heads are not converted yet: their
-  network differs from ours in ways docs/tf_zoo_notes.md lists.)"""
+  Backbones: ResNet v1 and v1 beta, Xception-65/71 (build the config with
+  `common.use_tf_zoo`: the TF Xception's pre-activation modules). Heads: DeepLab's ASPP (plain
+  or separable, with image pooling), v3+ decoder and `logits/semantic`. TF concatenates the
+  ASPP branches as [image pooling, 1x1, atrous...]; we put image pooling last, so the
+  projection's input rows are rotated to match."""
   out, origin, dropped = {}, {}, []
   for name, value in state.items():
     if _TF_DROPPED.search(name):
       dropped.append(name)
       continue
-    target = None
-    for leaf, key in _TF_LEAVES.items():
-      if name.endswith('/' + leaf):
-        module = name[:-len(leaf) - 1]
-        for pattern, path in _TF_RESNET:
-          m = re.fullmatch(pattern, module)
-          if m:
-            target = key.format(path.format(*m.groups()))
-            break
-        break
+    target = tf_variable(name)
     if target is None:
       raise UserError(f'TF variable {name!r} {tuple(np.shape(value))} has no counterpart: '
-                      '--source=tf converts TF-slim ResNet v1 / v1 beta backbones (the DeepLab '
-                      'zoo\'s Xception and MobileNet models are not supported yet).')
-    out[target] = np.asarray(value, np.float32)
+                      '--source=tf converts TF-slim ResNet v1 / v1 beta and the DeepLab '
+                      'code\'s Xception backbones, ASPP, decoder and logits '
+                      '(docs/tf_zoo_notes.md).')
+    value = np.asarray(value, np.float32)
+    if target.endswith('/depthwise/kernel'):
+      if value.ndim != 4 or value.shape[3] != 1:
+        raise UserError(f'TF variable {name!r} has shape {value.shape}; a depthwise kernel '
+                        'with depth multiplier 1 is [kh, kw, channels, 1].')
+      value = value.transpose(0, 1, 3, 2)  # [kh, kw, C, 1] -> flax's grouped [kh, kw, 1, C]
+    out[target] = value
     origin[target] = name
+  projection, pooling = 'params/aspp/projection/conv/kernel', 'params/aspp/image_pooling/conv/kernel'
+  if projection in out and pooling in out:
+    depth = out[pooling].shape[-1]
+    k = out[projection]
+    out[projection] = np.concatenate([k[:, :, depth:], k[:, :, :depth]], axis=2)
   return out, origin, dropped
 
 
@@ -285,7 +351,7 @@ def dump_logits(model, variables, shapes, spec: str) -> None:
 
 
 def convert(source: str, input_path: str, config, output: str, num_classes: int = 0,
-            dump: str = '') -> dict:
+            dump: str = '', drop_first_class: bool = False) -> dict:
   """The whole conversion; returns what it wrote to OUTPUT/conversion.json."""
   if source not in SOURCES:
     raise UserError(f'--source={source!r} is not one of {SOURCES}.')
@@ -294,10 +360,22 @@ def convert(source: str, input_path: str, config, output: str, num_classes: int 
     raise UserError(f'--source={source} weights need model.backbone.layout='
                     f'{LAYOUTS[source]!r} (where {source} puts the strides), not '
                     f'{backbone.layout!r}.')
+  if source == 'tf' and backbone.name.startswith('xception') and not backbone.preactivation:
+    raise UserError('--source=tf Xception weights need model.backbone.preactivation=True (the '
+                    'TF code\'s modules; the tf_zoo config variant sets it): the same shapes '
+                    'in the paper\'s form would be a different network.')
+  if source == 'tf' and not config.model.align_corners:
+    logging.warning('model.align_corners=False: the TF DeepLab code resizes with '
+                    'align_corners=True (the tf_zoo config variant sets it).')
   if source == 'tf':
     converted, origin, dropped = from_tf(read_tf_checkpoint(input_path))
   else:
     converted, origin, dropped = from_torchvision(read_torch_state_dict(input_path))
+  if drop_first_class:
+    for key in ('params/classifier/kernel', 'params/classifier/bias'):
+      if key not in converted:
+        raise UserError('--drop_first_class: the source has no classifier.')
+      converted[key] = converted[key][..., 1:]
   classes = converted.get('params/classifier/bias')
   if classes is not None:
     num_classes = num_classes or classes.shape[0]
@@ -310,6 +388,7 @@ def convert(source: str, input_path: str, config, output: str, num_classes: int 
   model, shapes = model_and_shapes(config, num_classes)
   variables, fresh = place(converted, origin, shapes)
   info = {'source': source, 'input': os.path.abspath(input_path), 'num_classes': num_classes,
+          'drop_first_class': drop_first_class,
           'converted': len(converted), 'dropped': dropped, 'fresh': fresh}
   pretrained.save_variables(output, variables, info)
   logging.info('Converted %d tensors into %s (dropped %s; %d parameters left fresh).',
@@ -324,7 +403,7 @@ def main(argv: Iterable[str]):
     raise app.UsageError(f'Unexpected arguments: {list(argv)[1:]}')
   try:
     convert(FLAGS.source, FLAGS.input, FLAGS.config, FLAGS.output, FLAGS.num_classes,
-            FLAGS.dump_logits)
+            FLAGS.dump_logits, FLAGS.drop_first_class)
   except UserError as e:
     sys.exit(f'error: {e}')
 
@@ -341,5 +420,7 @@ if __name__ == '__main__':
   flags.DEFINE_integer('num_classes', 0, 'Class count (default: the source classifier\'s, or '
                        'the config\'s data set).')
   flags.DEFINE_string('dump_logits', '', 'IN.npy:OUT.npy: NCHW input -> NCHW logits.')
+  flags.DEFINE_bool('drop_first_class', False, 'Drop the classifier\'s class 0 (the zoo\'s '
+                    'ADE20K model: its ignored \'other\'; our ADE20K classes are its 1..150).')
   flags.mark_flags_as_required(['config', 'source', 'input', 'output'])
   app.run(main)

@@ -29,9 +29,9 @@ VARIANTS = {
     'v3_voc': [None, 'cascade', 'context_module', 'resnet50', 'smoke'],
     'v3_cityscapes': [None, 'smoke'],
     'v3_torchvision': ['resnet50', 'resnet101', 'resnet50,aux', 'resnet101,aux', 'aux,smoke'],
-    'v3plus_voc': [None, 'resnet101', 'xception71', 'smoke'],
-    'v3plus_cityscapes': [None, 'resnet101', 'smoke'],
-    'v3plus_ade20k': [None, 'smoke'],
+    'v3plus_voc': [None, 'resnet101', 'xception71', 'tf_zoo', 'smoke'],
+    'v3plus_cityscapes': [None, 'resnet101', 'tf_zoo', 'smoke'],
+    'v3plus_ade20k': [None, 'tf_zoo', 'smoke'],
     'v3plus_mobilenet_voc': [None, 'dm05', 'smoke'],
 }
 # The family members and the variant a test trains for two steps on CPU.

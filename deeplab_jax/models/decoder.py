@@ -15,6 +15,7 @@ class Decoder(nn.Module):
   low_level_features: int = 48
   features: int = 256
   separable: bool = False
+  align_corners: bool = False  # the public TF code's resize
   norm: Any = layers.DEFAULT_NORM
   dtype: Any = jnp.float32
 
@@ -22,7 +23,8 @@ class Decoder(nn.Module):
   def __call__(self, x, low_level):
     conv = functools.partial(layers.ConvBN, norm=self.norm, dtype=self.dtype)
     low_level = conv(self.low_level_features, 1, name='low_level_projection')(low_level)
-    x = layers.resize_bilinear(x, low_level.shape[1:3]).astype(low_level.dtype)
+    x = layers.resize_bilinear(x, low_level.shape[1:3], self.align_corners)
+    x = x.astype(low_level.dtype)
     x = jnp.concatenate([x, low_level], axis=-1)
     conv3x3 = functools.partial(layers.conv_bn(self.separable), self.features, 3,
                                 norm=self.norm, dtype=self.dtype)

@@ -68,6 +68,8 @@ class DeepLab(nn.Module):
   input_scales: Sequence[float] = (1.0,)
   bn_momentum: float = 0.99
   bn_epsilon: float = 1e-5
+  backbone_bn_epsilon: Optional[float] = None  # None: bn_epsilon
+  align_corners: bool = False  # resizes of input scales and logits (the public TF code's)
   dtype: Any = jnp.float32
 
   def _endpoint(self, endpoints, name, field):
@@ -79,7 +81,9 @@ class DeepLab(nn.Module):
   @nn.compact
   def __call__(self, images, train: bool = False, return_aux: bool = False):
     norm = layers.make_norm(train, self.bn_momentum, self.bn_epsilon, self.dtype)
-    backbone = self.backbone(norm=norm, dtype=self.dtype, name='backbone')
+    backbone_norm = norm if self.backbone_bn_epsilon is None else layers.make_norm(
+        train, self.bn_momentum, self.backbone_bn_epsilon, self.dtype)
+    backbone = self.backbone(norm=backbone_norm, dtype=self.dtype, name='backbone')
     context = (self.context(norm=norm, dtype=self.dtype, name=self.context_name)
                if self.context else None)
     decoder = self.decoder(norm=norm, dtype=self.dtype, name='decoder') if self.decoder else None
@@ -106,13 +110,14 @@ class DeepLab(nn.Module):
       return y, aux
 
     size = images.shape[1:3]
-    to_input = lambda t: layers.resize_bilinear(t.astype(jnp.float32), size)
+    resize = functools.partial(layers.resize_bilinear, align_corners=self.align_corners)
+    to_input = lambda t: resize(t.astype(jnp.float32), size)
     with_aux = return_aux or self.is_initializing()
     per_scale, aux = [], None
     for i, scale in enumerate(self.input_scales):
       x = images.astype(self.dtype)
       if scale != 1.0:
-        x = layers.resize_bilinear(x, tuple(max(1, round(s * scale)) for s in size))
+        x = resize(x, tuple(max(1, round(s * scale)) for s in size))
       logits, scale_aux = forward(x, with_aux and i == 0)
       per_scale.append(to_input(logits))
       if scale_aux is not None:
@@ -142,6 +147,9 @@ def _backbone(c):
   multi_grid = tuple(b.multi_grid) if b.multi_grid else None
   units = tuple(b.units) if b.units else ()
   kwargs = dict(output_stride=c.output_stride, width_multiplier=c.width_multiplier)
+  if b.preactivation and not b.name.startswith('xception'):
+    raise UserError(f'model.backbone.preactivation=True is the public TF Xception\'s module '
+                    f'form; {b.name!r} has no such variant.')
   if b.extra_blocks and not b.name.startswith('resnet'):
     raise UserError(f'model.backbone.extra_blocks={b.extra_blocks}: the cascaded blocks are '
                     f'copies of ResNet block4; {b.name!r} has none.')
@@ -157,7 +165,7 @@ def _backbone(c):
     _choice(b.layout, resnet.LAYOUTS, 'model.backbone.layout')
     low_level = resnet.default_low_level_endpoint(units, b.layout)
   elif b.name.startswith('xception'):
-    kwargs.update(multi_grid=multi_grid)
+    kwargs.update(multi_grid=multi_grid, preactivation=b.preactivation)
     if units:
       if len(units) != 1:
         raise UserError(f'model.backbone.units={units}: Xception takes one number, the '
@@ -216,7 +224,7 @@ def build_model(model_config: ml_collections.ConfigDict, num_classes: int) -> De
     decoder = functools.partial(decoder_lib.Decoder,
                                 low_level_features=width(c.decoder.low_level_features),
                                 features=width(c.decoder.features),
-                                separable=c.decoder.separable)
+                                separable=c.decoder.separable, align_corners=c.align_corners)
   aux_head = None
   if c.aux_head.endpoint:
     aux_head = functools.partial(heads.FCNHead, num_classes, features=width(c.aux_head.features),
@@ -226,4 +234,6 @@ def build_model(model_config: ml_collections.ConfigDict, num_classes: int) -> De
                  low_level_endpoint=c.decoder.low_level_endpoint or default_low_level,
                  aux_head=aux_head, aux_endpoint=c.aux_head.endpoint,
                  aux_loss_weight=c.aux_head.loss_weight, input_scales=scales,
-                 bn_momentum=c.bn_momentum, bn_epsilon=c.bn_epsilon, dtype=DTYPES[c.dtype])
+                 bn_momentum=c.bn_momentum, bn_epsilon=c.bn_epsilon,
+                 backbone_bn_epsilon=c.backbone.bn_epsilon or None,
+                 align_corners=c.align_corners, dtype=DTYPES[c.dtype])

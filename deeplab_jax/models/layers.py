@@ -6,6 +6,7 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from deeplab_jax.errors import UserError
 
@@ -51,12 +52,16 @@ class ConvBN(nn.Module):
 
 
 class SeparableConvBN(nn.Module):
-  """Depthwise atrous 3x3 -> BN -> ReLU -> pointwise 1x1 -> BN -> ReLU (Xception, v3+)."""
+  """Depthwise atrous 3x3 -> BN -> ReLU -> pointwise 1x1 -> BN -> ReLU (Xception, v3+).
+
+  `inner_relu=False` drops the ReLU between the halves (the public TF Xception's modules).
+  """
   features: int
   kernel_size: int = 3
   strides: int = 1
   rate: int = 1
   relu: bool = True
+  inner_relu: bool = True
   norm: ModuleDef = DEFAULT_NORM
   dtype: Any = jnp.float32
 
@@ -67,7 +72,8 @@ class SeparableConvBN(nn.Module):
                 padding=atrous_padding(k, self.rate), kernel_dilation=(self.rate, self.rate),
                 feature_group_count=x.shape[-1], use_bias=False, dtype=self.dtype,
                 name='depthwise')(x)
-    x = nn.relu(self.norm(name='depthwise_bn')(x))
+    x = self.norm(name='depthwise_bn')(x)
+    x = nn.relu(x) if self.inner_relu else x
     x = nn.Conv(self.features, (1, 1), use_bias=False, dtype=self.dtype, name='pointwise')(x)
     x = self.norm(name='pointwise_bn')(x)
     return nn.relu(x) if self.relu else x
@@ -102,13 +108,42 @@ def check_output_stride(output_stride: int, valid: Sequence[int] = (8, 16, 32)) 
     raise UserError(f'output_stride={output_stride} is not one of {tuple(valid)}.')
 
 
-def resize_bilinear(x: jax.Array, size: Sequence[int]) -> jax.Array:
-  """Bilinear resize of NHWC features to spatial `size` (half-pixel centres)."""
+def resize_bilinear(x: jax.Array, size: Sequence[int], align_corners: bool = False) -> jax.Array:
+  """Bilinear resize of NHWC features to spatial `size`.
+
+  Half-pixel centres by default (tf.image.resize, PyTorch's align_corners=False).
+  `align_corners=True` maps corner pixels onto corner pixels, output i sampling input
+  i (in - 1) / (out - 1), as TF1's `resize_bilinear(align_corners=True)` that the public
+  DeepLab code uses throughout.
+  """
   if tuple(x.shape[1:3]) == tuple(size):
     return x
-  # No antialiasing: the same filter as tf.image.resize in the input pipeline.
-  return jax.image.resize(x, (x.shape[0], *size, x.shape[-1]), method='bilinear',
-                          antialias=False)
+  if not align_corners:
+    # No antialiasing: the same filter as tf.image.resize in the input pipeline.
+    return jax.image.resize(x, (x.shape[0], *size, x.shape[-1]), method='bilinear',
+                            antialias=False)
+  for axis, out in zip((1, 2), size):
+    x = _resize_axis_align_corners(x, axis, out)
+  return x
+
+
+def _resize_axis_align_corners(x: jax.Array, axis: int, out: int) -> jax.Array:
+  """Linear interpolation along one axis at the points i (in - 1) / (out - 1)."""
+  size = x.shape[axis]
+  if size == out:
+    return x
+  if size == 1 or out == 1:  # every output samples input 0 (TF's scale is 0 for out == 1)
+    first = jax.lax.slice_in_dim(x, 0, 1, axis=axis)
+    return jnp.broadcast_to(first, x.shape[:axis] + (out,) + x.shape[axis + 1:])
+  position = np.arange(out, dtype=np.float64) * (size - 1) / (out - 1)
+  low = np.minimum(np.floor(position).astype(np.int32), size - 2)
+  frac = (position - low).astype(np.float32)
+  shape = [1] * x.ndim
+  shape[axis] = out
+  frac = jnp.asarray(frac.reshape(shape), x.dtype)
+  below = jnp.take(x, low, axis=axis)
+  above = jnp.take(x, low + 1, axis=axis)
+  return below + frac * (above - below)
 
 
 def check_rates(rates: Sequence[int], what: str) -> None:

@@ -6,9 +6,11 @@ strided separable conv (the last of a module's three), with a strided 1x1 conv +
 the shortcut. Output strides below 32 replace strides by rates with the TF-slim rule
 (`layers.unit_plan`), as the public DeepLab code does.
 
-This is the paper's (and REFERENCE.md's) post-activation form. The public TF checkpoints
-put a ReLU before each separable conv instead (no ReLU inside, except in exit_block2), which
-has the same parameters; importing them exactly needs that variant (the weights issue).
+This is the paper's (and REFERENCE.md's) post-activation form. `preactivation=True` is the
+public TF code's (and its checkpoints'): every module but exit_block2 applies a ReLU before
+each separable conv and none inside it (depthwise -> BN -> pointwise -> BN); exit_block2 is
+the same in both. The parameters are the same; the decoder's stride-4 endpoint is then the
+BN output before any ReLU, as in the TF code.
 
 Endpoints: `entry_blockI` (module outputs), `entry_blockI_sepconv2` (each entry module's
 second separable conv, before its stride: the decoder's stride-4 features),
@@ -41,14 +43,19 @@ class XceptionModule(nn.Module):
   strides: int = 1
   rate: int = 1
   unit_rates: Sequence[int] = (1, 1, 1)
+  preactivation: bool = False  # ReLU -> depthwise -> BN -> pointwise -> BN, three times
   norm: Any = layers.DEFAULT_NORM
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    sep = functools.partial(layers.SeparableConvBN, norm=self.norm, dtype=self.dtype)
+    post = not self.preactivation
+    sep = functools.partial(layers.SeparableConvBN, relu=post, inner_relu=post, norm=self.norm,
+                            dtype=self.dtype)
     y, inner = x, []
     for i, depth in enumerate(self.depths):
+      if self.preactivation:
+        y = nn.relu(y)  # a new tensor: the shortcut still takes the module's input
       y = sep(depth, strides=self.strides if i == 2 else 1, rate=self.rate * self.unit_rates[i],
               name=f'sepconv{i + 1}')(y)
       inner.append(y)
@@ -67,6 +74,7 @@ class Xception(nn.Module):
   output_stride: int = 16
   multi_grid: Sequence[int] = (1, 1, 1)  # rates of the last module's three separable convs
   width_multiplier: float = 1.0
+  preactivation: bool = False  # the public TF code's module form (see the module docstring)
   norm: Any = layers.DEFAULT_NORM
   dtype: Any = jnp.float32
 
@@ -99,7 +107,8 @@ class Xception(nn.Module):
       last = name == 'exit_block2'
       x, before_stride = XceptionModule(
           tuple(w(d) for d in depths), skip, stride, rate, multi_grid if last else (1, 1, 1),
-          norm=self.norm, dtype=self.dtype, name=name)(x)
+          preactivation=self.preactivation and not last, norm=self.norm, dtype=self.dtype,
+          name=name)(x)
       if name.startswith('entry'):
         endpoints[f'{name}_sepconv2'] = before_stride
       endpoints[name] = x
