@@ -7,9 +7,9 @@ The v3+ paper's Cityscapes model (TF model zoo `xception65_cityscapes_trainfine`
 ASPP (6, 12, 18) + image pooling and a separable decoder, crops of 769, batch 8, poly
 learning rate 0.01 for 90k steps, weight decay 4e-5, BatchNorm decay 0.9997; scored on
 whole 1024 x 2048 images. Variants (comma-separated): `resnet101` (ResNet-101 with
-multi-grid (1, 2, 4) and plain convs, weight decay 1e-4), `tf_zoo` (the public TF code's network, which the zoo's
-`xception65_cityscapes_trainfine` converts into: `common.use_tf_zoo`), `smoke` (a tiny model
-for tests).
+multi-grid (1, 2, 4) and plain convs, weight decay 1e-4), `tf_zoo` (the public TF code's
+network, which the zoo's `xception65_cityscapes_trainfine` converts into:
+`common.use_tf_zoo`), `smoke` (a tiny model for tests).
 
 data.root holds the two official zips or their extracted folders (see README.md, Data).
 """
@@ -18,7 +18,8 @@ from configs import common
 
 
 def get_config(arg=None):
-  variant = common.parse_variant(arg, {'resnet101', 'tf_zoo', 'smoke'}, 'configs/v3plus_cityscapes.py')
+  variant = common.parse_variant(arg, {'resnet101', 'tf_zoo', 'smoke'},
+                                 'configs/v3plus_cityscapes.py')
   config = common.get_base_config()
   config.data.name = 'cityscapes'
   config.data.crop_size = (769, 769)

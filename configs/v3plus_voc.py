@@ -6,8 +6,8 @@
 The v3+ paper's recipe (section 4): crops of 513, batch 16, poly learning rate 0.007 for
 30k steps, weight decay 4e-5 (Xception) or 1e-4 (ResNet), BatchNorm decay 0.9997.
 Variants (comma-separated): `resnet101` (ResNet-101, multi-grid (1, 2, 4), plain convs:
-the paper's table 3 model), `xception71`, `tf_zoo` (the public TF code's network, which the model zoo's
-checkpoints convert into: `common.use_tf_zoo`), `smoke` (a tiny model for tests).
+the paper's table 3 model), `xception71`, `tf_zoo` (the public TF code's network, which the
+model zoo's checkpoints convert into: `common.use_tf_zoo`), `smoke` (a tiny model for tests).
 """
 
 from configs import common

@@ -288,7 +288,8 @@ def from_tf(state: Dict[str, np.ndarray]) -> Tuple[Dict[str, np.ndarray], dict, 
       value = value.transpose(0, 1, 3, 2)  # [kh, kw, C, 1] -> flax's grouped [kh, kw, 1, C]
     out[target] = value
     origin[target] = name
-  projection, pooling = 'params/aspp/projection/conv/kernel', 'params/aspp/image_pooling/conv/kernel'
+  projection = 'params/aspp/projection/conv/kernel'
+  pooling = 'params/aspp/image_pooling/conv/kernel'
   if projection in out and pooling in out:
     depth = out[pooling].shape[-1]
     k = out[projection]
