@@ -118,6 +118,7 @@ def jax_side(args) -> dict:
   config.optim.weight_decay = 1e-4
   result = train_step.benchmark(config, args.steps, args.warmup, num_classes=args.num_classes)
   if jax.default_backend() == 'cpu':  # the same measure as the torch side's
+    result['xla_memory_analysis_bytes'] = result['peak_memory_bytes']
     result['peak_memory_bytes'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     result['memory_source'] = 'ru_maxrss'
   result['framework'] = f'jax {jax.__version__}'

@@ -46,7 +46,7 @@ from deeplab_jax.models import deeplab
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config.',
                                           lock_config=True)
-_STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps.')
+_STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps (at least 1).')
 _WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.')
 _PEAK = flags.DEFINE_float('peak_tflops', 0.0, 'Peak TFLOP/s for utilisation (0: unknown).')
 _CLASSES = flags.DEFINE_integer('num_classes', 0, 'Class count (0: the data set\'s, else 21).')
@@ -75,6 +75,8 @@ def flops_of(compiled):
 
 def benchmark(config, steps: int, warmup: int, peak_tflops: float = 0.0, num_classes: int = 0):
   """Compiles and times the train step of `config`; returns the result dict."""
+  if steps < 1:
+    raise ValueError(f'steps={steps} must be at least 1.')
   train.validate_config(config)
   mesh = sharding.make_mesh(config.mesh)
   batch_size = config.train.batch_size
@@ -101,7 +103,7 @@ def benchmark(config, steps: int, warmup: int, peak_tflops: float = 0.0, num_cla
   compile_seconds = time.perf_counter() - start
   for _ in range(warmup):
     state, metrics = compiled(state, batch, rng)
-  jax.block_until_ready(metrics)
+  jax.block_until_ready(state)
   times = []
   for _ in range(steps):
     start = time.perf_counter()
