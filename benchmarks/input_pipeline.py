@@ -26,11 +26,7 @@ import tensorflow as tf
 from deeplab_jax import data
 from deeplab_jax.data import input_pipeline
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config.',
-                                          lock_config=True)
-_BATCHES = flags.DEFINE_integer('batches', 30, 'Timed batches.')
-_WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed batches first (fills the prefetch).')
-_THREADS = flags.DEFINE_integer('threads', 0, 'tf.data threads (0: one per core).')
+FLAGS = flags.FLAGS
 
 
 def benchmark(config, batches: int, warmup: int, threads: int = 0):
@@ -61,10 +57,14 @@ def benchmark(config, batches: int, warmup: int, threads: int = 0):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  print(json.dumps(benchmark(_CONFIG.value, _BATCHES.value, _WARMUP.value, _THREADS.value),
+  print(json.dumps(benchmark(FLAGS.config, FLAGS.batches, FLAGS.warmup, FLAGS.threads),
                    indent=1))
 
 
 if __name__ == '__main__':
+  config_flags.DEFINE_config_file('config', None, 'Experiment config.', lock_config=True)
+  flags.DEFINE_integer('batches', 30, 'Timed batches.')
+  flags.DEFINE_integer('warmup', 3, 'Untimed batches first (fills the prefetch).')
+  flags.DEFINE_integer('threads', 0, 'tf.data threads (0: one per core).')
   flags.mark_flags_as_required(['config'])
   app.run(main)

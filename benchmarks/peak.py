@@ -12,7 +12,6 @@ import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 
 
 def measure(n: int, dtype: str, repeats: int) -> dict:

@@ -44,12 +44,7 @@ from deeplab_jax import sharding
 from deeplab_jax import train
 from deeplab_jax.models import deeplab
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config.',
-                                          lock_config=True)
-_STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps (at least 1).')
-_WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.')
-_PEAK = flags.DEFINE_float('peak_tflops', 0.0, 'Peak TFLOP/s for utilisation (0: unknown).')
-_CLASSES = flags.DEFINE_integer('num_classes', 0, 'Class count (0: the data set\'s, else 21).')
+FLAGS = flags.FLAGS
 
 
 def memory(compiled):
@@ -136,10 +131,15 @@ def benchmark(config, steps: int, warmup: int, peak_tflops: float = 0.0, num_cla
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  print(json.dumps(benchmark(_CONFIG.value, _STEPS.value, _WARMUP.value, _PEAK.value,
-                             _CLASSES.value), indent=1))
+  print(json.dumps(benchmark(FLAGS.config, FLAGS.steps, FLAGS.warmup, FLAGS.peak_tflops,
+                             FLAGS.num_classes), indent=1))
 
 
 if __name__ == '__main__':
+  config_flags.DEFINE_config_file('config', None, 'Experiment config.', lock_config=True)
+  flags.DEFINE_integer('steps', 20, 'Timed steps (at least 1).')
+  flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.')
+  flags.DEFINE_float('peak_tflops', 0.0, 'Peak TFLOP/s for utilisation (0: unknown).')
+  flags.DEFINE_integer('num_classes', 0, 'Class count (0: the data set\'s, else 21).')
   flags.mark_flags_as_required(['config'])
   app.run(main)

@@ -1,0 +1,35 @@
+"""The benchmark scripts run and report what benchmarks/RESULTS.md quotes (no timing targets)."""
+
+import os
+import sys
+
+import pytest
+
+from configs import quickstart
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                'benchmarks'))
+import input_pipeline as input_benchmark  # pylint: disable=g-import-not-at-top,wrong-import-position
+import train_step  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def test_train_step_benchmark_reports_its_fields(cache_dir):
+  config = quickstart.get_config('smoke')
+  config.data.cache_dir = cache_dir
+  result = train_step.benchmark(config, steps=2, warmup=1, peak_tflops=1.0)
+  assert result['images_per_second'] == pytest.approx(
+      config.train.batch_size / result['step_seconds'])
+  assert result['compile_seconds'] > 0 and result['flops_per_step'] > 1e6
+  assert result['utilization'] == pytest.approx(result['tflops_per_second'] / 1.0)
+  assert result['peak_memory_bytes'] > 0 and result['num_classes'] == 5
+  with pytest.raises(ValueError, match='steps=0'):
+    train_step.benchmark(config, steps=0, warmup=0)
+
+
+def test_input_pipeline_benchmark_counts_images(cache_dir):
+  config = quickstart.get_config('smoke')
+  config.data.cache_dir = cache_dir
+  result = input_benchmark.benchmark(config, batches=3, warmup=1)
+  assert result['images'] == 3 * config.train.batch_size
+  assert result['images_per_second_per_core'] * result['cores'] == pytest.approx(
+      result['images_per_second'])
