@@ -364,6 +364,9 @@ def test_separable_aspp_and_decoder():
     ('xception65', {'backbone.extra_blocks': 2}, 'copies of ResNet block4'),
     ('xception65', {'backbone.multi_grid': (1, 2)}, 'multi_grid=(1, 2) needs one rate per'),
     ('resnet50', {'input_scales': (1.0, 0.0)}, 'model.input_scales=(1.0, 0.0)'),
+    ('resnet50', {'backbone.preactivation': True}, "'resnet50' has no such variant"),
+    ('xception65', {'backbone.bn_epsilon': -1e-3},
+     'model.backbone.bn_epsilon=-0.001 must be >= 0'),
 ])
 def test_impossible_family_settings_fail_with_the_value(backbone, changes, message):
   with pytest.raises(UserError) as info:

@@ -147,6 +147,8 @@ def _backbone(c):
   multi_grid = tuple(b.multi_grid) if b.multi_grid else None
   units = tuple(b.units) if b.units else ()
   kwargs = dict(output_stride=c.output_stride, width_multiplier=c.width_multiplier)
+  if b.bn_epsilon < 0:
+    raise UserError(f'model.backbone.bn_epsilon={b.bn_epsilon} must be >= 0 (0: model.bn_epsilon).')
   if b.preactivation and not b.name.startswith('xception'):
     raise UserError(f'model.backbone.preactivation=True is the public TF Xception\'s module '
                     f'form; {b.name!r} has no such variant.')
