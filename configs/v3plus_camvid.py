@@ -46,10 +46,10 @@ def get_config(arg=None):
     config.optim.warmup_steps = 100
     config.optim.weight_decay = 1e-4
     config.train.batch_size = 8
-    config.train.num_steps = 2200
+    config.train.num_steps = 4000
     config.train.log_every_steps = 50
     config.train.checkpoint_every_steps = 500
-    config.train.eval_every_steps = 500
+    config.train.eval_every_steps = 1000
   if arg == 'smoke':
     config.model.width_multiplier = 0.125
     config.data.crop_size = (64, 64)

@@ -88,7 +88,7 @@ class DeepLab(nn.Module):
                if self.context else None)
     decoder = self.decoder(norm=norm, dtype=self.dtype, name='decoder') if self.decoder else None
     classifier = (None if self.context_gives_logits else
-                  nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name='classifier'))
+                  layers.Conv(self.num_classes, (1, 1), dtype=self.dtype, name='classifier'))
     aux_head = (self.aux_head(norm=norm, dtype=self.dtype, name='aux_head')
                 if self.aux_head else None)
 

@@ -26,7 +26,7 @@ class ASPPL(nn.Module):
     layers.check_rates(tuple(self.atrous_rates), 'atrous_rates')
     logits = 0.0
     for i, rate in enumerate(self.atrous_rates):
-      logits = logits + nn.Conv(self.num_classes, (3, 3),
+      logits = logits + layers.Conv(self.num_classes, (3, 3),
                                 padding=layers.atrous_padding(3, rate),
                                 kernel_dilation=(rate, rate), dtype=self.dtype,
                                 name=f'branch{i + 1}')(x)
@@ -66,4 +66,4 @@ class FCNHead(nn.Module):
   def __call__(self, x, train: bool):
     x = layers.ConvBN(self.features, 3, norm=self.norm, dtype=self.dtype, name='conv')(x)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    return nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name='classifier')(x)
+    return layers.Conv(self.num_classes, (1, 1), dtype=self.dtype, name='classifier')(x)

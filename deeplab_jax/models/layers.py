@@ -1,7 +1,7 @@
 """Building blocks shared by the backbones and heads: atrous conv + BatchNorm + ReLU."""
 
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -30,6 +30,99 @@ def atrous_padding(kernel_size: int, rate: int):
   return ((pad, pad), (pad, pad))
 
 
+def _useful_taps(size: int, k: int, rate: int, pad: Tuple[int, int]) -> Tuple[int, int]:
+  """(first, last) taps of a stride-1 conv axis that read the input somewhere, not only padding.
+
+  Output y (0 <= y < out) reads input y - pad[0] + i * rate through tap i. A tap whose reads
+  all fall in the zero padding adds exactly zero to the output and gets exactly zero gradient,
+  so dropping it changes nothing but the cost. ASPP's large rates on small feature maps are
+  the case: rates 24 and 36 on 17 x 17 (a 129 crop at output stride 8) leave the centre tap.
+  """
+  out = size + pad[0] + pad[1] - (k - 1) * rate
+  useful = [i for i in range(k)
+            if i * rate - pad[0] <= size - 1 and out - 1 - pad[0] + i * rate >= 0]
+  return (useful[0], useful[-1]) if useful else (0, k - 1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _pointwise(x, w, precision=None):
+  """1 x 1 conv of NHWC `x` with `w` [C_in, C_out] as a product over channels.
+
+  Its gradient is written out because the one autodiff derives makes XLA's CPU backend
+  transpose the output gradient before the kernel's product: for a 512 -> 2048 expansion at
+  2 x 33 x 33 the step is about 1.8x slower that way (benchmarks/RESULTS.md, "Optimisation
+  record"). Here the input is the operand laid out again, the smaller one for the expansions.
+  """
+  return jax.lax.dot_general(x, w, (((3,), (0,)), ((), ())), precision=precision)
+
+
+def _pointwise_fwd(x, w, precision):
+  return _pointwise(x, w, precision), (x, w)
+
+
+def _pointwise_bwd(precision, residuals, g):
+  x, w = residuals
+  dx = jax.lax.dot_general(g, w, (((3,), (1,)), ((), ())), precision=precision)
+  dw = jax.lax.dot_general(x, g, (((0, 1, 2), (0, 1, 2)), ((), ())), precision=precision)
+  return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+_pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                         precision=None, **kwargs):
+  """`lax.conv_general_dilated` for NHWC x HWIO: the same function, computed more cheaply.
+
+  `Conv` (nn.Conv with this as its `conv_general_dilated`) keeps nn.Conv's parameters,
+  initialisation and checkpoints. Two exact rewrites:
+  - kernel taps that only ever read zero padding are dropped (`_useful_taps`);
+  - a 1 x 1 conv (after that) is a product over channels of the strided input, whose
+    gradients XLA's CPU backend computes without a convolution's transposes.
+  Anything else (input dilation, other layouts, string padding) goes to lax unchanged.
+  """
+  def lax_conv(rhs, padding):
+    return jax.lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count, precision=precision, **kwargs)
+
+  if (lhs.ndim != 4 or kwargs or isinstance(padding, str) or
+      any(d != 1 for d in (lhs_dilation or (1, 1))) or
+      jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) !=
+      jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ('NHWC', 'HWIO', 'NHWC'))):
+    return lax_conv(rhs, padding)
+  # Symbolic sizes (jax.export's shape polymorphism) keep every tap and strided convs, whose
+  # symbolic output size a strided slice would spell differently.
+  static = all(isinstance(d, int) for d in lhs.shape[1:3])
+  rates = tuple(rhs_dilation or (1, 1))
+  padding = [tuple(p) for p in padding]
+  for axis in (0, 1):
+    k = rhs.shape[axis]
+    if window_strides[axis] != 1 or k == 1 or not static:
+      continue
+    first, last = _useful_taps(lhs.shape[1 + axis], k, rates[axis], padding[axis])
+    lo = padding[axis][0] - first * rates[axis]
+    hi = padding[axis][1] - (k - 1 - last) * rates[axis]
+    if (first, last) != (0, k - 1) and lo >= 0 and hi >= 0:
+      rhs = jax.lax.slice_in_dim(rhs, first, last + 1, axis=axis)
+      padding[axis] = (lo, hi)
+  if (rhs.shape[:2] != (1, 1) or any(p != (0, 0) for p in padding) or
+      (not static and tuple(window_strides) != (1, 1))):
+    return lax_conv(rhs, padding)
+  x = lhs[:, ::window_strides[0], ::window_strides[1]]
+  if feature_group_count == 1:
+    return _pointwise(x, rhs[0, 0], precision)
+  if feature_group_count == lhs.shape[-1] == rhs.shape[-1]:  # depthwise, multiplier 1
+    return x * rhs[0, 0, 0]
+  return lax_conv(rhs, padding)
+
+
+# nn.Conv (same parameters, names and initialisation) through `conv_general_dilated`.
+Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
+
+
 class ConvBN(nn.Module):
   """Atrous conv -> BatchNorm -> optional ReLU."""
   features: int
@@ -42,7 +135,7 @@ class ConvBN(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    x = nn.Conv(self.features, (self.kernel_size, self.kernel_size),
+    x = Conv(self.features, (self.kernel_size, self.kernel_size),
                 strides=(self.strides, self.strides),
                 padding=atrous_padding(self.kernel_size, self.rate),
                 kernel_dilation=(self.rate, self.rate), use_bias=False,
@@ -68,13 +161,13 @@ class SeparableConvBN(nn.Module):
   @nn.compact
   def __call__(self, x):
     k = self.kernel_size
-    x = nn.Conv(x.shape[-1], (k, k), strides=(self.strides, self.strides),
+    x = Conv(x.shape[-1], (k, k), strides=(self.strides, self.strides),
                 padding=atrous_padding(k, self.rate), kernel_dilation=(self.rate, self.rate),
                 feature_group_count=x.shape[-1], use_bias=False, dtype=self.dtype,
                 name='depthwise')(x)
     x = self.norm(name='depthwise_bn')(x)
     x = nn.relu(x) if self.inner_relu else x
-    x = nn.Conv(self.features, (1, 1), use_bias=False, dtype=self.dtype, name='pointwise')(x)
+    x = Conv(self.features, (1, 1), use_bias=False, dtype=self.dtype, name='pointwise')(x)
     x = self.norm(name='pointwise_bn')(x)
     return nn.relu(x) if self.relu else x
 

@@ -42,7 +42,7 @@ class InvertedResidual(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
+    conv = functools.partial(layers.Conv, use_bias=False, dtype=self.dtype)
     y = x
     if self.expansion != 1:
       y = conv(make_divisible(x.shape[-1] * self.expansion), (1, 1), name='expand')(y)
@@ -72,7 +72,7 @@ class MobileNetV2(nn.Module):
     if self.depth_multiplier <= 0:
       raise UserError(f'model.backbone.depth_multiplier={self.depth_multiplier} must be > 0.')
     scale = self.depth_multiplier * self.width_multiplier
-    x = nn.Conv(make_divisible(32 * scale), (3, 3), strides=(2, 2),
+    x = layers.Conv(make_divisible(32 * scale), (3, 3), strides=(2, 2),
                 padding=((1, 1), (1, 1)), use_bias=False, dtype=self.dtype, name='layer1')(x)
     x = nn.relu6(self.norm(name='layer1_bn')(x))
     endpoints = {'layer1': x}

@@ -42,7 +42,7 @@ class VGG16(nn.Module):
     endpoints, rate = {}, 1
     for g, ((channels, convs), (pool_stride, pool_rate)) in enumerate(zip(GROUPS, plan)):
       for i in range(convs):
-        x = nn.Conv(w(channels), (3, 3), padding=layers.atrous_padding(3, rate),
+        x = layers.Conv(w(channels), (3, 3), padding=layers.atrous_padding(3, rate),
                     kernel_dilation=(rate, rate), dtype=self.dtype,
                     name=f'conv{g + 1}_{i + 1}')(x)
         x = nn.relu(x)
@@ -53,11 +53,11 @@ class VGG16(nn.Module):
     endpoints['pool5'] = x
     if self.fc_features:
       dropout = nn.Dropout(self.dropout_rate, deterministic=not train)
-      x = nn.Conv(w(self.fc_features), (3, 3), padding=layers.atrous_padding(3, self.fc6_rate),
+      x = layers.Conv(w(self.fc_features), (3, 3), padding=layers.atrous_padding(3, self.fc6_rate),
                   kernel_dilation=(self.fc6_rate, self.fc6_rate), dtype=self.dtype,
                   name='fc6')(x)
       x = dropout(nn.relu(x))
-      x = nn.Conv(w(self.fc_features), (1, 1), dtype=self.dtype, name='fc7')(x)
+      x = layers.Conv(w(self.fc_features), (1, 1), dtype=self.dtype, name='fc7')(x)
       x = dropout(nn.relu(x))
       endpoints['fc7'] = x
     endpoints['features'] = x
