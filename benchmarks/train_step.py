@@ -68,10 +68,8 @@ def flops_of(compiled):
   return float(flops) if flops and flops > 0 else None
 
 
-def benchmark(config, steps: int, warmup: int, peak_tflops: float = 0.0, num_classes: int = 0):
-  """Compiles and times the train step of `config`; returns the result dict."""
-  if steps < 1:
-    raise ValueError(f'steps={steps} must be at least 1.')
+def setup(config, num_classes: int = 0) -> dict:
+  """The trainer's jitted step for `config`, compiled, with a state and a random batch."""
   train.validate_config(config)
   mesh = sharding.make_mesh(config.mesh)
   batch_size = config.train.batch_size
@@ -96,6 +94,19 @@ def benchmark(config, steps: int, warmup: int, peak_tflops: float = 0.0, num_cla
   start = time.perf_counter()
   compiled = step_fn.lower(state, batch, rng).compile()
   compile_seconds = time.perf_counter() - start
+  return dict(compiled=compiled, state=state, batch=batch, rng=rng, num_classes=num_classes,
+              compile_seconds=compile_seconds)
+
+
+def benchmark(config, steps: int, warmup: int, peak_tflops: float = 0.0, num_classes: int = 0):
+  """Compiles and times the train step of `config`; returns the result dict."""
+  if steps < 1:
+    raise ValueError(f'steps={steps} must be at least 1.')
+  parts = setup(config, num_classes)
+  compiled, state, batch, rng = parts['compiled'], parts['state'], parts['batch'], parts['rng']
+  num_classes, compile_seconds = parts['num_classes'], parts['compile_seconds']
+  h, w = config.data.crop_size
+  batch_size = config.train.batch_size
   for _ in range(warmup):
     state, metrics = compiled(state, batch, rng)
   jax.block_until_ready(state)

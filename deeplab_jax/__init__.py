@@ -4,9 +4,9 @@ import importlib.metadata
 import os
 
 # XLA's CPU backend hands convolutions to YNNPACK by default (jaxlib 0.10). For this model
-# family Eigen's convolutions are faster: the deeplabv3_resnet50 train step at 2 x 129^2,
-# OS8, takes 0.88 s instead of 1.44 s on 2 cores (benchmarks/RESULTS.md, "Optimisation
-# record"). Set before JAX creates its CPU client; flags only the CPU backend reads, and left
+# family its own Eigen convolutions are faster, chiefly for the convolutions' weight gradients
+# (benchmarks/RESULTS.md, "Optimisation record", has the profile and the figures). Set before
+# JAX creates its CPU client; only the CPU backend reads the flag, and it is left
 # alone when XLA_FLAGS already chooses YNNPACK's fusion types. Older jaxlibs lack the flag (an
 # unknown flag stops XLA), so it is set from 0.10 on, the version it was measured with.
 

@@ -10,6 +10,7 @@ from configs import quickstart
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 'benchmarks'))
 import input_pipeline as input_benchmark  # pylint: disable=g-import-not-at-top,wrong-import-position
+import profile_step  # pylint: disable=g-import-not-at-top,wrong-import-position
 import train_step  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
@@ -33,3 +34,16 @@ def test_input_pipeline_benchmark_counts_images(cache_dir):
   assert result['images'] == 3 * config.train.batch_size
   assert result['images_per_second_per_core'] * result['cores'] == pytest.approx(
       result['images_per_second'])
+
+
+def test_profile_names_the_layers_that_take_the_time(cache_dir):
+  config = quickstart.get_config('smoke')
+  config.data.cache_dir = cache_dir
+  result = profile_step.report(config, steps=1, top=1000)
+  assert result['step_seconds'] > 0 and result['op_seconds_summed_over_threads'] > 0
+  layers = [row['layer'] for row in result['top_layers']]
+  assert any(layer.startswith('backbone/') and layer.endswith('(backward)') for layer in layers)
+  assert any(layer.startswith('aspp/') for layer in layers)
+  assert profile_step.layer_of(
+      'jit(train_step)/transpose(jvp(DeepLab))/aspp/atrous3/conv/dot_general') == (
+          'aspp/atrous3/conv (backward)')

@@ -1,6 +1,7 @@
 """Model shapes, strides, atrous arithmetic, parameter counts and impossible settings."""
 
 import functools
+import os
 
 import flax.linen as nn
 import jax
@@ -62,7 +63,7 @@ def test_crop_of_form_n_os_plus_one():
   assert endpoints['features'].shape[1:3] == (5, 5)  # (65 - 1) / 16 + 1
 
 
-@pytest.mark.parametrize('rate', [1, 2, 3, 6])
+@pytest.mark.parametrize('rate', [1, 2, 3, 6, 12, 24])  # 12, 24: taps read only padding
 def test_atrous_conv_equals_zero_inserted_kernel(rate):
   x = jax.random.normal(jax.random.key(1), (2, 17, 19, 4))
   conv = layers.ConvBN(5, 3, rate=rate, relu=False,
@@ -77,6 +78,64 @@ def test_atrous_conv_equals_zero_inserted_kernel(rate):
   expected = jax.lax.conv_general_dilated(x, dilated, (1, 1), [(pad, pad), (pad, pad)],
                                           dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
   np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+CONV_CASES = [  # (input h, w), kernel, rate, stride, depthwise, padding
+    ((17, 17), 3, 24, 1, False, 'atrous'),   # every off-centre tap reads padding: 1 x 1
+    ((17, 17), 3, 12, 1, False, 'atrous'),   # all taps read the input somewhere
+    ((5, 17), 3, 6, 1, False, 'atrous'),     # pruned along h only
+    ((5, 17), 3, 6, 1, True, 'atrous'),      # depthwise, pruned along h
+    ((3, 3), 3, 4, 1, True, 'atrous'),       # depthwise, down to 1 x 1
+    ((9, 11), 5, 3, 1, False, ((6, 0), (0, 6))),  # one-sided padding
+    ((9, 11), 3, 9, 1, False, ((9, 0), (9, 9))),
+    ((9, 11), 1, 1, 2, False, 'atrous'),     # strided 1 x 1: a product of the strided input
+    ((9, 11), 1, 1, 1, False, 'atrous'),
+    ((9, 11), 3, 1, 2, False, 'atrous'),     # strided convs keep every tap
+    ((9, 11), 3, 2, 1, False, 'VALID'),
+]
+
+
+@pytest.mark.parametrize('size,k,rate,stride,depthwise,padding', CONV_CASES)
+def test_conv_rewrites_equal_lax_in_value_and_gradient(size, k, rate, stride, depthwise,
+                                                       padding):
+  channels = 4
+  x = jax.random.normal(jax.random.key(0), (2, *size, channels))
+  w = jax.random.normal(jax.random.key(1), (k, k, 1 if depthwise else channels, channels))
+  padding = layers.atrous_padding(k, rate) if padding == 'atrous' else padding
+  dims = jax.lax.conv_dimension_numbers(x.shape, w.shape, ('NHWC', 'HWIO', 'NHWC'))
+  kwargs = dict(rhs_dilation=(rate, rate), dimension_numbers=dims,
+                feature_group_count=channels if depthwise else 1)
+
+  def loss(conv, x, w):
+    y = conv(x, w, (stride, stride), padding, **kwargs)
+    return jnp.sum(jnp.sin(y)), y
+
+  (_, expected), grads_expected = jax.value_and_grad(
+      functools.partial(loss, jax.lax.conv_general_dilated), (0, 1), has_aux=True)(x, w)
+  (_, out), grads = jax.value_and_grad(
+      functools.partial(loss, layers.conv_general_dilated), (0, 1), has_aux=True)(x, w)
+  assert out.shape == expected.shape
+  np.testing.assert_allclose(out, expected, atol=1e-4, rtol=1e-5)
+  for g, g_expected in zip(grads, grads_expected):
+    np.testing.assert_allclose(g, g_expected, atol=1e-4, rtol=1e-5)
+
+
+def test_conv_rewrites_drop_padding_taps_and_keep_nn_conv_parameters():
+  x = jnp.ones((2, 17, 17, 4))
+  make = lambda cls, rate: cls(8, (3, 3), padding=layers.atrous_padding(3, rate),
+                               kernel_dilation=(rate, rate), use_bias=False)
+  variables = make(layers.Conv, 24).init(jax.random.key(0), x)
+  reference = make(nn.Conv, 24).init(jax.random.key(0), x)
+  np.testing.assert_array_equal(variables['params']['kernel'], reference['params']['kernel'])
+  jaxpr = str(jax.make_jaxpr(lambda v: make(layers.Conv, 24).apply(v, x))(variables))
+  assert 'dot_general' in jaxpr and 'conv_general_dilated' not in jaxpr
+  jaxpr = str(jax.make_jaxpr(lambda v: make(layers.Conv, 12).apply(v, x))(variables))
+  assert 'conv_general_dilated' in jaxpr and 'rhs_dilation=(12, 12)' in jaxpr
+
+
+def test_importing_deeplab_jax_sets_the_cpu_convolution_flag():
+  assert '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution' in os.environ.get(
+      'XLA_FLAGS', '')
 
 
 def test_aspp_and_decoder_shapes():

@@ -48,10 +48,10 @@ def _useful_taps(size: int, k: int, rate: int, pad: Tuple[int, int]) -> Tuple[in
 def _pointwise(x, w, precision=None):
   """1 x 1 conv of NHWC `x` with `w` [C_in, C_out] as a product over channels.
 
-  Its gradient is written out because the one autodiff derives makes XLA's CPU backend
-  transpose the output gradient before the kernel's product: for a 512 -> 2048 expansion at
-  2 x 33 x 33 the step is about 1.8x slower that way (benchmarks/RESULTS.md, "Optimisation
-  record"). Here the input is the operand laid out again, the smaller one for the expansions.
+  Its gradient is written out because, with the one autodiff derives, XLA's CPU backend lays
+  out the output gradient again (a transpose) before the kernel's product; here it is the
+  input, the smaller of the two for the bottlenecks' 1 x 1 expansions (benchmarks/RESULTS.md,
+  "Optimisation record").
   """
   return jax.lax.dot_general(x, w, (((3,), (0,)), ((), ())), precision=precision)
 
