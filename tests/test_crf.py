@@ -180,6 +180,28 @@ def test_full_crf_matches_exact_mean_field_with_the_lattice_kernel(seed):
   assert 0.2 < np.median(ratio) < 1.0, np.median(ratio)
 
 
+@pytest.mark.parametrize('weight', [4.0, 300.0])
+def test_update_shifted_by_the_bound_equals_the_softmax(weight, monkeypatch):
+  """After the first, updates subtract an upper bound of the logits rather than their max.
+  With the usual weights that is the softmax to float precision; with huge ones the shifted
+  exponentials underflow, and mean field is redone with the max."""
+  image, log_probs = tiny_inputs(5)
+  h, w, _ = image.shape
+  valid = jnp.ones((h, w), bool)
+  lat = lattice.build(crf._features(jnp.asarray(image), valid, jnp.float32(67.0),
+                                    jnp.float32(3.0)))
+  args = (lat, jnp.asarray(log_probs), valid, jnp.float32(weight), jnp.float32(weight), 3.0, 5)
+  exact = np.asarray(crf._mean_field(*args, exact=True))
+  calls = []
+  update_exact = crf._update_exact
+  monkeypatch.setattr(crf, '_update_exact', lambda *a: calls.append(1) or update_exact(*a))
+  got = np.asarray(crf._mean_field(*args))
+  assert np.all(np.isfinite(got))
+  np.testing.assert_allclose(got, exact, atol=1e-5)
+  # The first update is always exact; a redone run makes five more.
+  assert len(calls) == (6 if weight > 100 else 1), len(calls)
+
+
 def test_padding_masked_by_valid_gives_the_unpadded_result():
   image, log_probs = tiny_inputs(2)
   h, w, k = log_probs.shape
