@@ -9,6 +9,7 @@ noise. Both implementations run --iterations of mean field with the same paramet
 public DeepLab release's VOC setting by default). Printed: one JSON object with the median
 seconds per image of each (after a warm-up), their ratio, the seconds of each one's setup (our
 lattice build; pydensecrf2's kernels), and the fraction of pixels whose labels agree.
+`--stages` adds the median milliseconds of each jitted stage of one of our iterations.
 """
 
 import argparse
@@ -66,6 +67,45 @@ def our_setup(image, p):
   return lattice_lib.build(features)
 
 
+def stage_milliseconds(image, log_probs, p, repeats: int = 7):
+  """Median milliseconds of each jitted stage of one mean-field iteration, each run alone on
+  the inputs it gets in the real run (`--stages`)."""
+  lat = our_setup(image, p)
+  valid = jax.numpy.ones(image.shape[:2], bool)
+  log_probs = jax.numpy.asarray(log_probs)
+  mask = valid[..., None].astype(np.float32)
+  bn, sn = crf_lib._norms(lattice_lib.filter_values(lat, mask),
+                          crf_lib.spatial_filter(mask, p['s_gamma']), valid)
+  q = crf_lib._softmax(log_probs)
+  n = image.shape[0] * image.shape[1]
+  chunk = min(4096, n) if jax.default_backend() == 'cpu' else n   # as filter_values
+  grid = lattice_lib._splat(lat, q, bn, chunk=chunk)
+  blurred = lattice_lib._blur(grid, lat.neighbours, axis=0)
+  bilateral = lattice_lib._slice(lat, grid)
+  rows = crf_lib._spatial_rows(q, sn, float(p['s_gamma']))
+  spatial = crf_lib._spatial_columns(rows, float(p['s_gamma']))
+  _, bound = crf_lib._update_exact(log_probs, bilateral, spatial, bn, sn, np.float32(p['w1']),
+                                   np.float32(p['w2']))
+  d1 = lat.neighbours.shape[0]
+  stages = {
+      'splat': lambda: lattice_lib._splat(lat, q, bn, chunk=chunk),
+      f'blur ({d1} axes)': lambda: [lattice_lib._blur(blurred, lat.neighbours, axis=a)
+                                    for a in range(d1)],
+      'slice': lambda: lattice_lib._slice(lat, grid),
+      'smoothness rows': lambda: crf_lib._spatial_rows(q, sn, float(p['s_gamma'])),
+      'smoothness columns': lambda: crf_lib._spatial_columns(rows, float(p['s_gamma'])),
+      'update': lambda: crf_lib._update(log_probs, bound, bilateral, spatial, bn, sn,
+                                        np.float32(p['w1']), np.float32(p['w2'])),
+  }
+  out = {}
+  for name, fn in stages.items():
+    run = lambda fn=fn: jax.block_until_ready(fn())
+    run()
+    out[name] = round(median_seconds(run, repeats) * 1e3, 2)
+  out['sum'] = round(sum(out.values()), 2)
+  return out
+
+
 def median_seconds(fn, repeats: int):
   times = []
   for _ in range(repeats):
@@ -88,6 +128,8 @@ def main(argv=None):
   parser.add_argument('--w2', type=float, default=3.0)
   parser.add_argument('--s_gamma', type=float, default=3.0)
   parser.add_argument('--iterations', type=int, default=10)
+  parser.add_argument('--stages', action='store_true',
+                      help='also time each stage of one iteration on the first image')
   args = parser.parse_args(argv)
   h, w = (int(x) for x in args.size.split(','))
   p = {k: getattr(args, k) for k in ('w1', 's_alpha', 's_beta', 'w2', 's_gamma', 'iterations')}
@@ -104,6 +146,8 @@ def main(argv=None):
     label = (np.asarray(Image.open(annot).resize((w, h), Image.NEAREST)).astype(np.int64)
              if os.path.exists(annot) else np.full((h, w), args.classes))
     log_probs = noisy_unary(label, args.classes, rng)
+    if path == paths[0]:
+      first = (image, log_probs)
     run = lambda: jax.block_until_ready(dense_crf(image, log_probs, **p))
     run()  # compile
     ours_s.append(median_seconds(run, args.repeats))
@@ -126,6 +170,8 @@ def main(argv=None):
       'pydensecrf_setup_seconds': statistics.median(theirs_setup),
       'label_agreement_min': min(agree), 'label_agreement_mean': float(np.mean(agree)),
   }
+  if args.stages:
+    result['stage_milliseconds'] = stage_milliseconds(first[0], first[1], p)
   print(json.dumps(result, indent=1))
   return result
 

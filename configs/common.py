@@ -102,6 +102,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.train.checkpoint_every_steps = 1000
   config.train.keep_checkpoints = 3
   config.train.eval_every_steps = 5000
+  # Online hard example mining (DeepLab's flags of the same names): the loss keeps the hardest
+  # top_k_percent_pixels of the batch's pixels, reached linearly from all of them by step
+  # hard_example_mining_step (0: from the start). 1.0 keeps every pixel.
+  config.train.top_k_percent_pixels = 1.0
+  config.train.hard_example_mining_step = 0
 
   config.eval = ml_collections.ConfigDict()
   config.eval.split = 'val'

@@ -68,6 +68,12 @@ def validate_config(config) -> None:
   evaluate_lib.check_eval_config(config)
   if config.train.num_steps < 1:
     raise UserError(f'train.num_steps={config.train.num_steps} must be at least 1.')
+  if not 0 < config.train.top_k_percent_pixels <= 1:
+    raise UserError(f'train.top_k_percent_pixels={config.train.top_k_percent_pixels} must be '
+                    'in (0, 1]; 1 keeps every pixel.')
+  if config.train.hard_example_mining_step < 0:
+    raise UserError(f'train.hard_example_mining_step={config.train.hard_example_mining_step} '
+                    'must be >= 0.')
 
 
 # --------------------------------------------------------------------------- state and steps
@@ -90,20 +96,24 @@ def create_train_state(model, tx, config, mesh, rng):
   return jax.jit(init, out_shardings=shardings), abstract, shardings
 
 
-def make_train_step(model, tx, schedule, ignore_label: int):
-  """One SGD step on a global batch; BatchNorm statistics are over the whole global batch."""
+def make_train_step(model, tx, schedule, ignore_label: int, top_k_percent_pixels: float = 1.0,
+                    hard_example_mining_step: int = 0):
+  """One SGD step on a global batch; BatchNorm statistics are over the whole global batch.
+  top_k_percent_pixels < 1: online hard example mining (see losses.hard_pixel_fraction)."""
   def train_step(state, batch, rng):
     dropout_rng = jax.random.fold_in(rng, state.step)
+    fraction = losses.hard_pixel_fraction(state.step, top_k_percent_pixels,
+                                          hard_example_mining_step)
 
     def loss_fn(params):
       (logits, extra), updates = model.apply(
           {'params': params, 'batch_stats': state.batch_stats}, batch['image'], train=True,
           return_aux=True, mutable=['batch_stats'], rngs={'dropout': dropout_rng})
-      loss, count = losses.pixel_cross_entropy(logits, batch['label'], ignore_label)
+      loss, count = losses.pixel_cross_entropy(logits, batch['label'], ignore_label, fraction)
       # Extra losses: each input scale of a multi-scale model (v2), an auxiliary head.
       for _, extra_logits, weight in extra:
         loss = loss + weight * losses.pixel_cross_entropy(extra_logits, batch['label'],
-                                                          ignore_label)[0]
+                                                          ignore_label, fraction)[0]
       return loss, (updates.get('batch_stats', {}), count)
 
     (loss, (batch_stats, count)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -259,7 +269,8 @@ def train_and_evaluate(config, workdir: str):
   num_steps = config.train.num_steps
   start = int(jax.device_get(setup.state.step))
   train_step = jax.jit(
-      make_train_step(setup.model, setup.tx, setup.schedule, setup.dataset.ignore_label),
+      make_train_step(setup.model, setup.tx, setup.schedule, setup.dataset.ignore_label,
+                      config.train.top_k_percent_pixels, config.train.hard_example_mining_step),
       in_shardings=(setup.state_shardings, None, sharding.replicated(setup.mesh)),
       out_shardings=(setup.state_shardings, sharding.replicated(setup.mesh)),
       donate_argnums=0)

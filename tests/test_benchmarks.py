@@ -3,12 +3,14 @@
 import os
 import sys
 
+import numpy as np
 import pytest
 
 from configs import quickstart
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 'benchmarks'))
+import crf as crf_benchmark  # pylint: disable=g-import-not-at-top,wrong-import-position
 import input_pipeline as input_benchmark  # pylint: disable=g-import-not-at-top,wrong-import-position
 import profile_step  # pylint: disable=g-import-not-at-top,wrong-import-position
 import train_step  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -47,3 +49,15 @@ def test_profile_names_the_layers_that_take_the_time(cache_dir):
   assert profile_step.layer_of(
       'jit(train_step)/transpose(jvp(DeepLab))/aspp/atrous3/conv/dot_general') == (
           'aspp/atrous3/conv (backward)')
+
+
+def test_crf_benchmark_times_each_stage():
+  rng = np.random.default_rng(0)
+  image = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)
+  log_probs = crf_benchmark.noisy_unary(rng.integers(0, 5, (20, 24)), 5, rng)
+  p = dict(w1=4.0, s_alpha=67.0, s_beta=3.0, w2=3.0, s_gamma=3.0, iterations=10)
+  result = crf_benchmark.stage_milliseconds(image, log_probs, p, repeats=1)
+  assert set(result) == {'splat', 'blur (6 axes)', 'slice', 'smoothness rows',
+                         'smoothness columns', 'update', 'sum'}
+  assert all(v > 0 for v in result.values())
+  assert result['sum'] == pytest.approx(sum(v for k, v in result.items() if k != 'sum'), abs=0.05)

@@ -11,6 +11,11 @@ include i = j), and each iteration sets `Q = softmax(log_probs + sum_m w_m Kn_m 
 Filtering is linear in the number of pixels: the appearance kernel with a permutohedral lattice
 (lattice.py) and the smoothness kernel, which is separable, exactly with two 1-D Gaussian
 convolutions (truncated at 4 standard deviations).
+
+Mean field runs as a sequence of small jitted stages (lattice splat, each blur axis, slice; each
+smoothness pass; the update) called from Python, so that each stage reads materialised inputs:
+compiled as one program, XLA:CPU fused them into gather-bound loops that recomputed their
+producers (see `_mean_field`).
 """
 
 import functools

@@ -1,0 +1,73 @@
+"""The pixel loss: ignore labels, and online hard example mining (top_k_percent_pixels)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import quickstart
+from deeplab_jax import losses
+from deeplab_jax import train
+from deeplab_jax.errors import UserError
+
+
+def batch(seed=0):
+  rng = np.random.default_rng(seed)
+  logits = jnp.asarray(rng.normal(0, 2, (2, 6, 5, 4)), jnp.float32)
+  labels = rng.integers(0, 4, (2, 6, 5))
+  labels[0, :2] = 255
+  return logits, jnp.asarray(labels)
+
+
+def per_pixel(logits, labels):
+  logp = np.asarray(jax.nn.log_softmax(logits, -1), np.float64)
+  labels = np.asarray(labels)
+  valid = labels != 255
+  out = np.zeros(labels.shape)
+  out[valid] = -np.take_along_axis(logp, np.where(valid, labels, 0)[..., None], -1)[..., 0][valid]
+  return out, valid
+
+
+def test_mean_over_labelled_pixels_and_fraction_one_is_the_same():
+  logits, labels = batch()
+  want, valid = per_pixel(logits, labels)
+  loss, count = losses.pixel_cross_entropy(logits, labels, 255)
+  assert int(count) == valid.sum()
+  np.testing.assert_allclose(float(loss), want[valid].mean(), rtol=1e-5)
+  traced = jax.jit(lambda f: losses.pixel_cross_entropy(logits, labels, 255, f)[0])(1.0)
+  np.testing.assert_allclose(float(traced), want[valid].mean(), rtol=1e-5)
+
+
+@pytest.mark.parametrize('fraction', [0.25, 0.5])
+def test_hard_example_mining_keeps_the_largest_losses(fraction):
+  logits, labels = batch(1)
+  want, valid = per_pixel(logits, labels)
+  k = int(np.ceil(fraction * want.size))
+  hardest = np.sort(want.reshape(-1))[::-1][:k]
+  loss, count = jax.jit(lambda f: losses.pixel_cross_entropy(logits, labels, 255, f))(fraction)
+  np.testing.assert_allclose(float(loss), hardest[hardest > 0].mean(), rtol=1e-5)
+  assert int(count) == valid.sum()   # the labelled pixels, whatever the loss kept
+  # Only the kept pixels get a gradient; ignored ones never do.
+  grad = jax.grad(lambda x: losses.pixel_cross_entropy(x, labels, 255, fraction)[0])(logits)
+  touched = np.abs(np.asarray(grad)).sum(-1) > 0
+  assert touched.sum() == k and not touched[~valid].any()
+  assert np.all(want[touched] >= hardest[-1] - 1e-6)
+
+
+def test_the_fraction_ramps_down_as_in_deeplab():
+  assert losses.hard_pixel_fraction(5, 1.0, 100) == 1.0
+  assert losses.hard_pixel_fraction(0, 0.2, 0) == 0.2
+  np.testing.assert_allclose([float(losses.hard_pixel_fraction(s, 0.2, 100))
+                              for s in (0, 50, 100, 200)], [1.0, 0.6, 0.2, 0.2], rtol=1e-6)
+
+
+@pytest.mark.parametrize('field, value, message', [
+    ('top_k_percent_pixels', 0.0, r'train.top_k_percent_pixels=0.0 must be in \(0, 1\]'),
+    ('top_k_percent_pixels', 20.0, r'train.top_k_percent_pixels=20.0 must be in \(0, 1\]'),
+    ('hard_example_mining_step', -1, 'train.hard_example_mining_step=-1 must be >= 0'),
+])
+def test_bad_mining_settings_are_named(field, value, message):
+  config = quickstart.get_config('smoke')
+  config.train[field] = value
+  with pytest.raises(UserError, match=message):
+    train.validate_config(config)
