@@ -15,9 +15,11 @@ convolutions (truncated at 4 standard deviations).
 Mean field runs as a sequence of small jitted stages (lattice splat, each blur axis, slice; each
 smoothness pass; the update) called from Python, so that each stage reads materialised inputs:
 compiled as one program, XLA:CPU fused them into gather-bound loops that recomputed their
-producers (see `_mean_field`).
+producers (see `_mean_field`). The smoothness filter is dispatched from a helper thread, so
+that it runs beside the lattice's serial scatter.
 """
 
+import concurrent.futures
 import functools
 import math
 
@@ -119,6 +121,7 @@ def _update_exact(log_probs, bilateral, spatial, bilateral_norm, spatial_norm, w
 
 
 _softmax = lattice_lib.jit(lambda log_probs: jax.nn.softmax(log_probs, axis=-1))
+_HELPER = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='dense_crf')
 
 
 def _mean_field(lat, log_probs, valid, w1, w2, s_gamma, iterations, exact=False):
@@ -134,8 +137,11 @@ def _mean_field(lat, log_probs, valid, w1, w2, s_gamma, iterations, exact=False)
                                         spatial_filter(mask, s_gamma), valid)
   q, smallest = _softmax(log_probs), []
   for i in range(iterations):
+    # The smoothness filter runs from a helper thread while this one runs the lattice, whose
+    # scatter (the splat) keeps one CPU core busy on its own.
+    spatial = _HELPER.submit(spatial_filter, q, s_gamma, spatial_norm)
     bilateral = lattice_lib.filter_values(lat, q, scale=bilateral_norm)
-    spatial = spatial_filter(q, s_gamma, spatial_norm)
+    spatial = spatial.result()
     if exact or i == 0:
       q, bound = _update_exact(log_probs, bilateral, spatial, bilateral_norm, spatial_norm, w1,
                                w2)
