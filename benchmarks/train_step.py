@@ -87,7 +87,9 @@ def setup(config, num_classes: int = 0) -> dict:
   batch = sharding.to_global(mesh, {
       'image': gen.normal(size=(batch_size, h, w, 3)).astype(np.float32),
       'label': gen.integers(0, num_classes, (batch_size, h, w)).astype(np.int32)})
-  step_fn = jax.jit(train.make_train_step(model, tx, schedule, 255),
+  step_fn = jax.jit(train.make_train_step(model, tx, schedule, 255,
+                                         config.train.top_k_percent_pixels,
+                                         config.train.hard_example_mining_step),
                     in_shardings=(state_shardings, None, sharding.replicated(mesh)),
                     out_shardings=(state_shardings, sharding.replicated(mesh)),
                     donate_argnums=0)
