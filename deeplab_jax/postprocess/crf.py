@@ -96,8 +96,8 @@ def _norms(bilateral, spatial, valid):
 @lattice_lib.jit
 def _update(log_probs, bound, bilateral, spatial, bilateral_norm, spatial_norm, w1, w2):
   """One mean-field update, Q = softmax(log_probs + w1 Kn_1 Q + w2 Kn_2 Q), shifted by `bound`
-  rather than by the max over the classes (whose reduction over the short last axis took a
-  third of the update). Also returns the smallest softmax denominator: below 1e-30 (some
+  rather than by the max over the classes (a reduction over the short last axis, which XLA:CPU
+  runs slowly). Also returns the smallest softmax denominator: below 1e-30 (some
   pixel's logits all far under the bound) the shift lost precision."""
   logits = (log_probs + w1 * bilateral_norm * bilateral.reshape(log_probs.shape) +
             w2 * spatial_norm * spatial)
@@ -127,10 +127,10 @@ _HELPER = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='dense_crf
 def _mean_field(lat, log_probs, valid, w1, w2, s_gamma, iterations, exact=False):
   """Mean field as a sequence of jitted stages. Compiled as one program, XLA fused each
   iteration's slice, smoothness blur and update into one loop whose gathers kept it from
-  vectorising (70 ms of a 120 ms iteration at 500 x 500 x 21 on the CPU); stage by stage the
-  iteration takes about 85 ms. After the first, updates are shifted by a bound rather than by
-  the max over classes (see _update); exact=True shifts every one by the max, as a run whose
-  shifted softmax underflowed is redone."""
+  vectorising, about half of the iteration's time on the CPU (benchmarks/RESULTS.md, "Dense
+  CRF"; `benchmarks/crf.py --stages` times the stages). After the first, updates are shifted
+  by a bound rather than by the max over classes (see _update); exact=True shifts every one by
+  the max, as a run whose shifted softmax underflowed is redone."""
   log_probs = log_probs.astype(jnp.float32)
   mask = valid[..., None].astype(jnp.float32)
   bilateral_norm, spatial_norm = _norms(lattice_lib.filter_values(lat, mask),

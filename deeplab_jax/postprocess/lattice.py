@@ -95,8 +95,8 @@ def _simplex(elevated):
   rem0 = rem0 + d1 * low - d1 * high
   value = (elevated - rem0) / d1
   slot = d - rank                                                    # in 0..d, a permutation
-  # bary[s] = sum of value_i over slot_i == s, minus that over slot_i == s - 1 (as one-hot
-  # sums: XLA's CPU scatter for this ran serially and took most of the time here).
+  # bary[s] = sum of value_i over slot_i == s, minus that over slot_i == s - 1, as one-hot
+  # sums (XLA's CPU runs scatters serially).
   s = jnp.arange(d + 2)
   sign = ((slot[..., None] == s).astype(value.dtype) -
           (slot[..., None] + 1 == s).astype(value.dtype))              # [N, d + 1, d + 2]
@@ -210,8 +210,7 @@ def filter_values(lattice: Lattice, values: jax.Array, chunk: int = 0,
   Each stage is its own jitted call, and each of the d + 1 axes of the blur too, so that every
   stage reads a materialised input. Within one jit XLA fuses the stages into one loop that
   recomputes the last blur axis inside every gather of the slice, and the blur axes inside each
-  other; on the CPU that ran 2x slower for 500 x 500 x 21 than these separate calls (one axis
-  of the blur: 1.9 ms alone, 2.8 ms inside a jit of all six). The splat is a loop over chunks of
+  other, which ran slower on the CPU than these separate calls. The splat is a loop over chunks of
   `chunk` points, so that their weighted values stay in the cache on their way to the scatter
   (chunk=0: 4096 on the CPU, all points at once elsewhere, where one big scatter suits the
   hardware); each axis of the blur is one gather of both neighbours; the slice is a sum of row
