@@ -120,6 +120,51 @@ def test_conv_rewrites_equal_lax_in_value_and_gradient(size, k, rate, stride, de
     np.testing.assert_allclose(g, g_expected, atol=1e-4, rtol=1e-5)
 
 
+@pytest.mark.parametrize('cin,cout,stride', [(4, 8, 1), (4, 16, 2), (8, 4, 1), (6, 6, 2)])
+def test_pointwise_gradient_either_operand_laid_out(cin, cout, stride):
+  # 2 * cin <= cout: the kernel gradient lays out the input; otherwise the output gradient.
+  x = jax.random.normal(jax.random.key(0), (2, 9, 11, cin))
+  w = jax.random.normal(jax.random.key(1), (1, 1, cin, cout))
+  dims = jax.lax.conv_dimension_numbers(x.shape, w.shape, ('NHWC', 'HWIO', 'NHWC'))
+
+  def loss(conv, x, w):
+    return jnp.sum(jnp.sin(conv(x, w, (stride, stride), ((0, 0), (0, 0)),
+                                dimension_numbers=dims)))
+
+  expected = jax.grad(functools.partial(loss, jax.lax.conv_general_dilated), (0, 1))(x, w)
+  grads = jax.grad(functools.partial(loss, layers.conv_general_dilated), (0, 1))(x, w)
+  for g, g_expected in zip(grads, expected):
+    assert g.shape == g_expected.shape
+    np.testing.assert_allclose(g, g_expected, atol=1e-4, rtol=1e-5)
+
+
+def test_materialize_is_exact_and_stops_xla_recomputing_a_residual_stream():
+  x = jax.random.normal(jax.random.key(0), (2, 5, 5, 8), jnp.float32)
+  x = x.at[0, 0, 0, 0].set(jnp.nan)  # the one it divides by comes from this element
+  x = x.at[1, 1, 1, 1].set(jnp.inf)
+  out = layers.materialize(x)
+  np.testing.assert_array_equal(np.asarray(out), np.asarray(x))
+  g = jax.grad(lambda x: jnp.sum(jnp.sin(layers.materialize(x))))(x[1:])
+  np.testing.assert_array_equal(np.asarray(g), np.asarray(jnp.cos(x[1:])))
+  assert layers.materialize(jnp.arange(3)).dtype == jnp.int32
+
+  def stream(fence, x, units=6):
+    outs = []
+    for k in range(units):  # x_k = relu(x_{k-1} * a_k + b_k), each read by a transpose
+      x = fence(jax.nn.relu(x * (1.0 + k) + k))
+      outs.append(jnp.transpose(x, (3, 0, 1, 2)))
+    return x, outs
+
+  x = jnp.ones((2, 64, 64, 64))
+  def maximums(fence):
+    hlo = jax.jit(functools.partial(stream, fence)).lower(x).compile().as_text()
+    return hlo.count(' maximum(')
+  # Without it each transpose recomputes the stream from its start (1 + 2 + ... + 6 relus
+  # and the 6 of the stream); with it every relu is computed once.
+  assert maximums(layers.materialize) == 6
+  assert maximums(lambda x: x) > 6
+
+
 def test_conv_rewrites_drop_padding_taps_and_keep_nn_conv_parameters():
   x = jnp.ones((2, 17, 17, 4))
   make = lambda cls, rate: cls(8, (3, 3), padding=layers.atrous_padding(3, rate),

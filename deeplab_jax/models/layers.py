@@ -48,10 +48,12 @@ def _useful_taps(size: int, k: int, rate: int, pad: Tuple[int, int]) -> Tuple[in
 def _pointwise(x, w, precision=None):
   """1 x 1 conv of NHWC `x` with `w` [C_in, C_out] as a product over channels.
 
-  Its gradient is written out because, with the one autodiff derives, XLA's CPU backend lays
-  out the output gradient again (a transpose) before the kernel's product; here it is the
-  input, the smaller of the two for the bottlenecks' 1 x 1 expansions (benchmarks/RESULTS.md,
-  "Optimisation record").
+  Its gradient is written out to choose the operand that XLA's CPU backend lays out again (a
+  transpose) for the kernel's gradient, a product over pixels: autodiff's choice is always
+  the output gradient. Here it is the input when that has at most half the channels (a
+  bottleneck's 1 x 1 expansion, a strided shortcut) and the output gradient otherwise (a 1 x 1
+  reduction, whose input is the wide residual stream). benchmarks/RESULTS.md, "Optimisation
+  record", has the profiles.
   """
   return jax.lax.dot_general(x, w, (((3,), (0,)), ((), ())), precision=precision)
 
@@ -63,11 +65,34 @@ def _pointwise_fwd(x, w, precision):
 def _pointwise_bwd(precision, residuals, g):
   x, w = residuals
   dx = jax.lax.dot_general(g, w, (((3,), (1,)), ((), ())), precision=precision)
-  dw = jax.lax.dot_general(x, g, (((0, 1, 2), (0, 1, 2)), ((), ())), precision=precision)
+  pixels = (((0, 1, 2), (0, 1, 2)), ((), ()))
+  if 2 * x.shape[-1] <= g.shape[-1]:
+    dw = jax.lax.dot_general(x, g, pixels, precision=precision)
+  else:
+    dw = jax.lax.dot_general(g, x, pixels, precision=precision).T
   return dx.astype(x.dtype), dw.astype(w.dtype)
 
 
 _pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
+
+
+def materialize(x: jax.Array) -> jax.Array:
+  """`x`, which XLA:CPU then computes once instead of again inside each of its consumers.
+
+  XLA:CPU fuses cheap elementwise producers into every consumer, duplicating them. Along a
+  residual stream (x_k = relu(bn(conv(...)) + x_{k-1})) that means a consumer such as the
+  layout copy for a kernel gradient recomputes the whole stream back to the block's first
+  unit, for every unit: quadratic work in the depth, read with strided loads. XLA does not
+  duplicate expensive ops, and a float division is one, so `x` is divided by a one that XLA
+  cannot fold ((bits | 1) & 1 of x's first element). x / 1 is exact, as is its gradient.
+  The XLA:CPU backend only; other backends get `x` unchanged (benchmarks/RESULTS.md,
+  "Optimisation record").
+  """
+  if jax.default_backend() != 'cpu' or not jnp.issubdtype(x.dtype, jnp.floating):
+    return x
+  bits = jax.lax.bitcast_convert_type(jax.lax.stop_gradient(x).astype(jnp.float32), jnp.int32)
+  one = jax.lax.convert_element_type((bits | 1) & 1, x.dtype)
+  return x / one
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,

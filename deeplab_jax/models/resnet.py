@@ -88,7 +88,7 @@ class Bottleneck(nn.Module):
     y = conv(self.filters, 1, name='conv1')(x)
     y = conv(self.filters, 3, self.strides, self.rate, name='conv2')(y)
     y = conv(self.filters * 4, 1, relu=False, name='conv3')(y)
-    return nn.relu(y + shortcut)
+    return layers.materialize(nn.relu(y + shortcut))
 
 
 class ResNet(nn.Module):
