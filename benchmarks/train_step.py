@@ -89,7 +89,8 @@ def setup(config, num_classes: int = 0) -> dict:
       'label': gen.integers(0, num_classes, (batch_size, h, w)).astype(np.int32)})
   step_fn = jax.jit(train.make_train_step(model, tx, schedule, 255,
                                          config.train.top_k_percent_pixels,
-                                         config.train.hard_example_mining_step),
+                                         config.train.hard_example_mining_step,
+                                         train.class_weights(config, num_classes)),
                     in_shardings=(state_shardings, None, sharding.replicated(mesh)),
                     out_shardings=(state_shardings, sharding.replicated(mesh)),
                     donate_argnums=0)

@@ -107,6 +107,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   # hard_example_mining_step (0: from the start). 1.0 keeps every pixel.
   config.train.top_k_percent_pixels = 1.0
   config.train.hard_example_mining_step = 0
+  # A loss weight per class, () for none (all 1). Median frequency balancing for a data set:
+  #   python -m deeplab_jax.class_weights --config=CONFIG
+  config.train.class_weights = ()
 
   config.eval = ml_collections.ConfigDict()
   config.eval.split = 'val'

@@ -2,11 +2,14 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+
+_TINY = 1e-12  # the denominator when no pixel counts (the loss is then 0)
 
 
 def pixel_cross_entropy(logits: jax.Array, labels: jax.Array, ignore_label: int,
-                        top_k_fraction=1.0):
+                        top_k_fraction=1.0, class_weights=None):
   """Mean softmax cross-entropy over the pixels whose label is not `ignore_label`.
 
   Args:
@@ -15,21 +18,30 @@ def pixel_cross_entropy(logits: jax.Array, labels: jax.Array, ignore_label: int,
     top_k_fraction: below 1, online hard example mining as in DeepLab's `top_k_percent_pixels`:
       only this fraction of the batch's pixels, those with the largest losses, count, and the
       mean is over those of them with a nonzero loss. May be a traced scalar.
+    class_weights: None, or a weight per class [K]: each pixel's loss is scaled by its label's
+      weight and the mean is the weighted one (sum of weighted losses / sum of the weights),
+      as PyTorch's CrossEntropyLoss(weight=...). With top_k_fraction < 1 the hardest pixels
+      are those with the largest weighted losses.
   Returns:
     (loss, number of valid pixels). The mean is over the whole (global) batch.
   """
   valid = labels != ignore_label
   safe = jnp.where(valid, labels, 0)
   losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), safe)
-  losses = jnp.where(valid, losses, 0.0)
   count = jnp.sum(valid)
+  if class_weights is None:
+    weights = valid.astype(jnp.float32)
+  else:
+    weights = jnp.where(valid, jnp.asarray(class_weights, jnp.float32)[safe], 0.0)
+  losses = jnp.where(valid, losses * weights, 0.0)
   if isinstance(top_k_fraction, (int, float)) and top_k_fraction >= 1:
-    return jnp.sum(losses) / jnp.maximum(count, 1), count
-  flat = losses.reshape(-1)
+    return jnp.sum(losses) / jnp.maximum(jnp.sum(weights), _TINY), count
+  flat, weights = losses.reshape(-1), weights.reshape(-1)
   k = jnp.clip(jnp.ceil(top_k_fraction * flat.size).astype(jnp.int32), 1, flat.size)
   threshold = jnp.sort(jax.lax.stop_gradient(flat))[flat.size - k]   # the k-th largest
   chosen = (flat >= threshold) & (flat > 0)
-  return jnp.sum(jnp.where(chosen, flat, 0.0)) / jnp.maximum(jnp.sum(chosen), 1), count
+  return (jnp.sum(jnp.where(chosen, flat, 0.0)) /
+          jnp.maximum(jnp.sum(jnp.where(chosen, weights, 0.0)), _TINY), count)
 
 
 def hard_pixel_fraction(step, top_k_percent_pixels: float, hard_example_mining_step: int):
@@ -41,3 +53,22 @@ def hard_pixel_fraction(step, top_k_percent_pixels: float, hard_example_mining_s
     return top_k_percent_pixels
   ratio = jnp.minimum(1.0, step / hard_example_mining_step)
   return ratio * top_k_percent_pixels + (1.0 - ratio)
+
+
+def median_frequency_weights(class_pixels, image_pixels, power: float = 1.0) -> np.ndarray:
+  """Median frequency balancing (Eigen & Fergus 2015; SegNet's CamVid weights).
+
+  freq(c) = class_pixels[c] / image_pixels[c], the pixels of class c over all pixels of the
+  images where c is present; weight(c) = (median(freq) / freq(c)) ** power (power 0.5: the
+  square roots, a milder balance). A class that never occurs gets weight 0.
+  """
+  class_pixels = np.asarray(class_pixels, np.float64)
+  image_pixels = np.asarray(image_pixels, np.float64)
+  present = class_pixels > 0
+  freq = np.where(present, class_pixels / np.maximum(image_pixels, 1), 0.0)
+  if not present.any():
+    return np.zeros_like(freq)
+  median = np.median(freq[present])
+  if not power > 0:
+    raise ValueError(f'power={power} must be > 0.')
+  return np.where(present, (median / np.where(present, freq, 1.0)) ** power, 0.0)

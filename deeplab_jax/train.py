@@ -1,6 +1,7 @@
 """Training and evaluation: train_and_evaluate(config, workdir) and evaluate_checkpoint(...)."""
 
 import difflib
+import math
 import signal
 import threading
 import time
@@ -74,6 +75,21 @@ def validate_config(config) -> None:
   if config.train.hard_example_mining_step < 0:
     raise UserError(f'train.hard_example_mining_step={config.train.hard_example_mining_step} '
                     'must be >= 0.')
+  weights = tuple(config.train.class_weights)
+  if weights and (not all(math.isfinite(w) and w >= 0 for w in weights) or max(weights) <= 0):
+    raise UserError(f'train.class_weights={weights} must be finite and >= 0, at least one > 0 '
+                    '(or () for none).')
+
+
+def class_weights(config, num_classes: int):
+  """config.train.class_weights as a tuple, None when empty; checks there is one per class."""
+  weights = tuple(float(w) for w in config.train.class_weights)
+  if not weights:
+    return None
+  if len(weights) != num_classes:
+    raise UserError(f'train.class_weights has {len(weights)} weights; the data set has '
+                    f'{num_classes} classes, one weight each.')
+  return weights
 
 
 # --------------------------------------------------------------------------- state and steps
@@ -97,9 +113,10 @@ def create_train_state(model, tx, config, mesh, rng):
 
 
 def make_train_step(model, tx, schedule, ignore_label: int, top_k_percent_pixels: float = 1.0,
-                    hard_example_mining_step: int = 0):
+                    hard_example_mining_step: int = 0, class_weights=None):
   """One SGD step on a global batch; BatchNorm statistics are over the whole global batch.
-  top_k_percent_pixels < 1: online hard example mining (see losses.hard_pixel_fraction)."""
+  top_k_percent_pixels < 1: online hard example mining (see losses.hard_pixel_fraction);
+  class_weights: a loss weight per class (see losses.pixel_cross_entropy), None for none."""
   def train_step(state, batch, rng):
     dropout_rng = jax.random.fold_in(rng, state.step)
     fraction = losses.hard_pixel_fraction(state.step, top_k_percent_pixels,
@@ -109,11 +126,12 @@ def make_train_step(model, tx, schedule, ignore_label: int, top_k_percent_pixels
       (logits, extra), updates = model.apply(
           {'params': params, 'batch_stats': state.batch_stats}, batch['image'], train=True,
           return_aux=True, mutable=['batch_stats'], rngs={'dropout': dropout_rng})
-      loss, count = losses.pixel_cross_entropy(logits, batch['label'], ignore_label, fraction)
+      loss, count = losses.pixel_cross_entropy(logits, batch['label'], ignore_label, fraction,
+                                               class_weights)
       # Extra losses: each input scale of a multi-scale model (v2), an auxiliary head.
       for _, extra_logits, weight in extra:
-        loss = loss + weight * losses.pixel_cross_entropy(extra_logits, batch['label'],
-                                                          ignore_label, fraction)[0]
+        loss = loss + weight * losses.pixel_cross_entropy(
+            extra_logits, batch['label'], ignore_label, fraction, class_weights)[0]
       return loss, (updates.get('batch_stats', {}), count)
 
     (loss, (batch_stats, count)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -270,7 +288,8 @@ def train_and_evaluate(config, workdir: str):
   start = int(jax.device_get(setup.state.step))
   train_step = jax.jit(
       make_train_step(setup.model, setup.tx, setup.schedule, setup.dataset.ignore_label,
-                      config.train.top_k_percent_pixels, config.train.hard_example_mining_step),
+                      config.train.top_k_percent_pixels, config.train.hard_example_mining_step,
+                      class_weights(config, setup.dataset.num_classes)),
       in_shardings=(setup.state_shardings, None, sharding.replicated(setup.mesh)),
       out_shardings=(setup.state_shardings, sharding.replicated(setup.mesh)),
       donate_argnums=0)

@@ -10,6 +10,7 @@ from PIL import Image
 
 from configs import quickstart
 from configs import v3plus_camvid
+from deeplab_jax import class_weights
 from deeplab_jax import data
 from deeplab_jax.data import camvid
 from deeplab_jax.data import input_pipeline
@@ -42,6 +43,22 @@ def test_camvid_reads_the_real_files(camvid_root, cache_dir):
   assert tuple(np.unique(expected)) in labels  # a real label map came through unchanged
   train = next(input_pipeline.train_batches(dataset, config, start_step=0))
   assert train['image'].shape == (8, 64, 64, 3) and train['label'].shape == (8, 64, 64)
+
+
+def test_class_weights_count_the_real_val_labels(camvid_root, cache_dir):
+  dataset = data.get_dataset(camvid_config(camvid_root, cache_dir).data)
+  class_pixels, image_pixels = class_weights.count_pixels(dataset, 'val')
+  folder = os.path.join(camvid_root, 'CamVid', 'valannot')
+  want_class, want_image = np.zeros(11, np.int64), np.zeros(11, np.int64)
+  for name in os.listdir(folder):
+    counts = np.bincount(np.asarray(Image.open(os.path.join(folder, name))).reshape(-1),
+                         minlength=12)[:11]
+    want_class += counts
+    want_image += np.where(counts > 0, counts.sum(), 0)
+  np.testing.assert_array_equal(class_pixels, want_class)
+  np.testing.assert_array_equal(image_pixels, want_image)
+  with pytest.raises(UserError, match="--split='test' is not a split"):
+    class_weights.count_pixels(dataset, 'test')
 
 
 def make_camvid(root, n=3, size=(24, 32), label_fn=None):

@@ -1,4 +1,5 @@
-"""The pixel loss: ignore labels, and online hard example mining (top_k_percent_pixels)."""
+"""The pixel loss: ignore labels, online hard example mining (top_k_percent_pixels), class
+weights."""
 
 import jax
 import jax.numpy as jnp
@@ -71,3 +72,67 @@ def test_bad_mining_settings_are_named(field, value, message):
   config.train[field] = value
   with pytest.raises(UserError, match=message):
     train.validate_config(config)
+
+
+WEIGHTS = (0.5, 2.0, 0.0, 3.0)
+
+
+def test_class_weights_give_the_weighted_mean():
+  logits, labels = batch(2)
+  want, valid = per_pixel(logits, labels)
+  w = np.where(valid, np.asarray(WEIGHTS)[np.where(valid, labels, 0)], 0.0)
+  loss, count = losses.pixel_cross_entropy(logits, labels, 255, class_weights=WEIGHTS)
+  np.testing.assert_allclose(float(loss), (w * want).sum() / w.sum(), rtol=1e-5)
+  assert int(count) == valid.sum()
+  uniform = losses.pixel_cross_entropy(logits, labels, 255, class_weights=(3.0,) * 4)[0]
+  np.testing.assert_allclose(float(uniform), want[valid].mean(), rtol=1e-5)
+  # Class 2 has weight 0: its pixels get no gradient.
+  grad = jax.grad(lambda x: losses.pixel_cross_entropy(x, labels, 255,
+                                                       class_weights=WEIGHTS)[0])(logits)
+  touched = np.abs(np.asarray(grad)).sum(-1) > 0
+  assert not touched[np.asarray(labels) == 2].any() and touched[w > 0].all()
+
+
+def test_class_weights_with_hard_example_mining():
+  logits, labels = batch(3)
+  want, valid = per_pixel(logits, labels)
+  w = np.where(valid, np.asarray(WEIGHTS)[np.where(valid, labels, 0)], 0.0)
+  weighted = (w * want).reshape(-1)
+  k = int(np.ceil(0.5 * weighted.size))
+  chosen = (weighted >= np.sort(weighted)[::-1][k - 1]) & (weighted > 0)
+  loss, _ = losses.pixel_cross_entropy(logits, labels, 255, 0.5, WEIGHTS)
+  np.testing.assert_allclose(float(loss), weighted[chosen].sum() / w.reshape(-1)[chosen].sum(),
+                             rtol=1e-5)
+
+
+def test_median_frequency_weights():
+  # freq = (10/100, 30/100, 5/50, 0): median of the present ones is 0.1.
+  weights = losses.median_frequency_weights([10, 30, 5, 0], [100, 100, 50, 0])
+  np.testing.assert_allclose(weights, [1.0, 1 / 3, 1.0, 0.0])
+  np.testing.assert_array_equal(losses.median_frequency_weights([0, 0], [0, 0]), [0, 0])
+  np.testing.assert_allclose(losses.median_frequency_weights([10, 30, 5, 0], [100, 100, 50, 0],
+                                                             power=0.5),
+                             [1.0, 3 ** -0.5, 1.0, 0.0])
+  with pytest.raises(ValueError, match='power=0 must be > 0'):
+    losses.median_frequency_weights([1], [1], power=0)
+
+
+@pytest.mark.parametrize('weights, message', [
+    ((1.0, -1.0), r'train.class_weights=\(1.0, -1.0\) must be finite and >= 0'),
+    ((0.0, 0.0), r'at least one > 0'),
+    ((1.0, float('nan')), 'must be finite'),
+])
+def test_bad_class_weights_are_named(weights, message):
+  config = quickstart.get_config('smoke')
+  config.train.class_weights = weights
+  with pytest.raises(UserError, match=message):
+    train.validate_config(config)
+
+
+def test_class_weights_need_one_per_class():
+  config = quickstart.get_config('smoke')
+  config.train.class_weights = (1.0, 2.0)
+  with pytest.raises(UserError, match='has 2 weights; the data set has 5 classes'):
+    train.class_weights(config, 5)
+  config.train.class_weights = ()
+  assert train.class_weights(config, 5) is None
