@@ -36,10 +36,10 @@ def count_pixels(dataset, split: str):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not FLAGS.power > 0:  # before the count, which reads the whole split
+    raise app.UsageError(f'--power={FLAGS.power} must be > 0.')
   dataset = data.get_dataset(FLAGS.config.data)
   class_pixels, image_pixels = count_pixels(dataset, FLAGS.split)
-  if not FLAGS.power > 0:
-    raise app.UsageError(f'--power={FLAGS.power} must be > 0.')
   weights = losses.median_frequency_weights(class_pixels, image_pixels, FLAGS.power)
   for name, c, i, w in zip(dataset.class_names, class_pixels, image_pixels, weights):
     print(f'{name:>16} {c / max(i, 1):8.4f} {w:8.4f}')

@@ -62,6 +62,8 @@ def median_frequency_weights(class_pixels, image_pixels, power: float = 1.0) -> 
   images where c is present; weight(c) = (median(freq) / freq(c)) ** power (power 0.5: the
   square roots, a milder balance). A class that never occurs gets weight 0.
   """
+  if not power > 0:
+    raise ValueError(f'power={power} must be > 0.')
   class_pixels = np.asarray(class_pixels, np.float64)
   image_pixels = np.asarray(image_pixels, np.float64)
   present = class_pixels > 0
@@ -69,6 +71,4 @@ def median_frequency_weights(class_pixels, image_pixels, power: float = 1.0) -> 
   if not present.any():
     return np.zeros_like(freq)
   median = np.median(freq[present])
-  if not power > 0:
-    raise ValueError(f'power={power} must be > 0.')
   return np.where(present, (median / np.where(present, freq, 1.0)) ** power, 0.0)
