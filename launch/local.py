@@ -32,8 +32,11 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   main_args = [a for a in args.main_args if a != '--']
   address = f'127.0.0.1:{free_port()}'
-  env = dict(os.environ, JAX_PLATFORMS='cpu',
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={args.devices_per_process}')
+  # The caller's XLA_FLAGS are kept; only the forced device count is replaced.
+  flags = [f for f in os.environ.get('XLA_FLAGS', '').split()
+           if not f.startswith('--xla_force_host_platform_device_count')]
+  flags.append(f'--xla_force_host_platform_device_count={args.devices_per_process}')
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=' '.join(flags))
   procs = [subprocess.Popen([sys.executable, '-m', 'deeplab_jax.main', *main_args,
                              f'--coordinator_address={address}',
                              f'--num_processes={args.num_processes}', f'--process_id={i}'],

@@ -24,9 +24,9 @@ def test_grid_product_names_and_commands(tmp_path):
   assert len({r['workdir'] for r in runs}) == 4
 
 
-def test_a_real_sweep_ends_in_a_table_and_a_plot(tmp_path, cache_dir):
+def test_a_real_sweep_ends_in_a_table_and_a_plot(tmp_path, cache_dir, subprocess_env):
   workdir = str(tmp_path / 'sweep')
-  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  env = subprocess_env()
   subprocess.run(
       [sys.executable, 'launch/sweep.py', '--config=configs/quickstart.py:smoke',
        f'--workdir={workdir}', '--grid=model.aspp.atrous_rates=(1,1,1);(2,4,6)', '--',

@@ -128,9 +128,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, cach
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_zero(tmp_path, cache_dir):
+def test_sigterm_saves_a_checkpoint_and_exits_zero(tmp_path, cache_dir, subprocess_env):
   workdir = str(tmp_path / 'w')
-  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  env = subprocess_env()
   never = '--config.train.{}=1000000'
   proc = subprocess.Popen(
       [sys.executable, '-m', 'deeplab_jax.main', '--config=configs/quickstart.py:smoke',
