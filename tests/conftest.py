@@ -8,8 +8,8 @@ import sys
 import tempfile
 
 # Most of the suite's time is XLA:CPU compiling tiny steps, and most of that is LLVM optimising
-# them: at -O0 a tiny variant's train step compiles in half the time (the values are the same
-# IEEE arithmetic). The tests' own subprocesses get it through `subprocess_env`.
+# them: at -O0 a tiny variant's train step compiles in half the time (no fast-math either way;
+# every test passes with it). The tests' own subprocesses get it through `subprocess_env`.
 FAST_COMPILE = ('' if '--xla_backend_optimization_level' in os.environ.get('XLA_FLAGS', '')
                 else '--xla_backend_optimization_level=0')
 os.environ['XLA_FLAGS'] = ' '.join([os.environ.get('XLA_FLAGS', ''), FAST_COMPILE,

@@ -150,8 +150,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_zero(tmp_path, cache_dir, subproce
   assert f'Preempted (SIGTERM) after step {steps[0]}' in err
 
 
-def run_main(*args):
-  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=1')
+def run_main(env, *args):
   return subprocess.run([sys.executable, '-m', 'deeplab_jax.main', *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=600)
 
@@ -163,17 +162,17 @@ def run_main(*args):
      "data.root='/no/such/folder' is not a folder"),
     (['--config.data.name=cityscapes'], 'needs data.root'),
 ])
-def test_bad_settings_give_one_line_errors(tmp_path, cache_dir, args, message):
-  result = run_main('--config=configs/quickstart.py:smoke', f'--workdir={tmp_path}',
-                    f'--config.data.cache_dir={cache_dir}', *args)
+def test_bad_settings_give_one_line_errors(tmp_path, cache_dir, args, message, subprocess_env):
+  result = run_main(subprocess_env(), '--config=configs/quickstart.py:smoke',
+                    f'--workdir={tmp_path}', f'--config.data.cache_dir={cache_dir}', *args)
   assert result.returncode != 0
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith('error: ') and message in last, result.stderr[-2000:]
 
 
-def test_unknown_config_key_fails(tmp_path):
-  result = run_main('--config=configs/quickstart.py:smoke', f'--workdir={tmp_path}',
-                    '--config.model.output_strid=8')
+def test_unknown_config_key_fails(tmp_path, subprocess_env):
+  result = run_main(subprocess_env(), '--config=configs/quickstart.py:smoke',
+                    f'--workdir={tmp_path}', '--config.model.output_strid=8')
   assert result.returncode != 0 and 'output_strid' in result.stderr
 
 
