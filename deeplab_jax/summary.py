@@ -36,6 +36,7 @@ from ml_collections import config_flags
 from deeplab_jax import data
 from deeplab_jax.errors import UserError
 from deeplab_jax.models import deeplab
+from deeplab_jax.models import layers
 
 FLAGS = flags.FLAGS
 
@@ -132,7 +133,7 @@ def receptive_field(model_config, max_size: int = 65537) -> Tuple[int, bool]:
     return int(rows[-1] - rows[0] + 1), bool(rows[0] == 0 or rows[-1] == height - 1)
 
   with jax.enable_x64(True), \
-      mock.patch.object(nn, 'max_pool', nn.avg_pool), mock.patch.object(nn, 'relu6', nn.relu):
+      mock.patch.object(layers, 'max_pool', nn.avg_pool), mock.patch.object(nn, 'relu6', nn.relu):
     size, previous = 257, None
     while True:
       field, touches = measure(size)

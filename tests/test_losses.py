@@ -55,6 +55,22 @@ def test_hard_example_mining_keeps_the_largest_losses(fraction):
   assert np.all(want[touched] >= hardest[-1] - 1e-6)
 
 
+@pytest.mark.parametrize('size', [1, 5, 1000])
+def test_kth_largest_is_exact_with_ties_zeros_and_infinity(size):
+  rng = np.random.default_rng(size)
+  values = rng.exponential(1.0, size).astype(np.float32)
+  values[rng.random(size) < 0.3] = 0.0
+  values[: size // 4] = values[0]          # ties
+  values[-1] = np.inf if size > 1 else values[-1]
+  kth = jax.jit(losses.kth_largest)
+  for k in sorted({1, 2, size // 3, size // 2, size - 1, size} & set(range(1, size + 1))):
+    assert float(kth(jnp.asarray(values), k)) == np.sort(values)[::-1][k - 1], k
+  # Negatives (a cross-entropy a rounding below 0) count as 0.
+  np.testing.assert_array_equal([float(kth(jnp.asarray([-1e-7, 2.0, 0.0]), k))
+                                 for k in (1, 2, 3)], [2.0, 0.0, 0.0])
+  assert 'sort' not in jax.jit(losses.kth_largest).lower(jnp.asarray(values), 2).as_text()
+
+
 def test_the_fraction_ramps_down_as_in_deeplab():
   assert losses.hard_pixel_fraction(5, 1.0, 100) == 1.0
   assert losses.hard_pixel_fraction(0, 0.2, 0) == 0.2

@@ -137,7 +137,7 @@ class ResNet(nn.Module):
     else:
       x = conv(w(64), 7, 2, name='stem_conv1')(x)
     # TF-slim pools with TF's SAME padding: (0, 1) on even sizes, where PyTorch pads (1, 1).
-    x = nn.max_pool(x, (3, 3), strides=(2, 2),
+    x = layers.max_pool(x, (3, 3), strides=(2, 2),
                     padding='SAME' if self.layout == 'tfslim' else ((1, 1), (1, 1)))
     endpoints = {'stem': x}
     for b, block_plan in enumerate(plan):

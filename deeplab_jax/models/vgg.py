@@ -47,7 +47,7 @@ class VGG16(nn.Module):
                     name=f'conv{g + 1}_{i + 1}')(x)
         x = nn.relu(x)
       endpoints[f'conv{g + 1}'] = x
-      x = nn.max_pool(x, (3, 3), strides=(pool_stride, pool_stride), padding=((1, 1), (1, 1)))
+      x = layers.max_pool(x, (3, 3), strides=(pool_stride, pool_stride), padding=((1, 1), (1, 1)))
       # A pool whose stride was removed dilates every later conv.
       rate = pool_rate * (2 if pool_stride == 1 else 1)
     endpoints['pool5'] = x
