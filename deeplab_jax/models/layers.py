@@ -104,7 +104,7 @@ def max_pool(x: jax.Array, window_shape: Sequence[int], strides: Sequence[int],
   equals it, as reduce_window's does, so values and gradients are those of nn.max_pool. For
   nn.max_pool's reduce_window XLA:CPU computes the gradient as a reduce_window over (value,
   index) pairs with an index grid per axis: in the CamVid recipe's step the stem's pool took
-  75 ms of 1.35 s that way. Other backends get nn.max_pool.
+  about 80 ms of 1.15 s of op time that way (benchmarks/RESULTS.md, "Optimisation record"). Other backends get nn.max_pool.
   """
   if jax.default_backend() != 'cpu':
     return nn.max_pool(x, tuple(window_shape), strides=tuple(strides), padding=padding)
@@ -114,24 +114,23 @@ def max_pool(x: jax.Array, window_shape: Sequence[int], strides: Sequence[int],
   else:
     pads = [tuple(p) for p in padding]
   padded = jnp.pad(x, [(0, 0)] + list(pads) + [(0, 0)], constant_values=-jnp.inf)
-  y = _slice_max(padded, tuple(window_shape), tuple(strides))
-  return y
+  return _slice_max(padded, tuple(window_shape), tuple(strides))
 
 
 def _taps(padded, window_shape, strides):
-  """The window's taps: (offset, strided slice of `padded` that the offset reads)."""
+  """The window's taps: (start, the strided slice of `padded` read from there)."""
   out = [(n - k) // s + 1 for n, k, s in zip(padded.shape[1:-1], window_shape, strides)]
   for offset in np.ndindex(*window_shape):
     start = (0,) + offset + (0,)
     limit = ((padded.shape[0],) + tuple(o + (m - 1) * s + 1 for o, m, s in
                                         zip(offset, out, strides)) + (padded.shape[-1],))
-    yield start, limit, jax.lax.slice(padded, start, limit, (1,) + tuple(strides) + (1,))
+    yield start, jax.lax.slice(padded, start, limit, (1,) + tuple(strides) + (1,))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def _slice_max(padded, window_shape, strides):
   result = None
-  for _, _, tap in _taps(padded, window_shape, strides):
+  for _, tap in _taps(padded, window_shape, strides):
     result = tap if result is None else jnp.maximum(result, tap)
   return result
 
@@ -144,7 +143,7 @@ def _slice_max_fwd(padded, window_shape, strides):
 def _slice_max_bwd(window_shape, strides, residuals, g):
   padded, y = residuals
   grad, taken = jnp.zeros_like(padded), jnp.zeros(y.shape, bool)
-  for start, _, tap in _taps(padded, window_shape, strides):
+  for start, tap in _taps(padded, window_shape, strides):
     first = (tap == y) & ~taken
     taken = taken | first
     # The transpose of the strided slice: a pad with interior (stride - 1) zeros.

@@ -138,7 +138,7 @@ class ResNet(nn.Module):
       x = conv(w(64), 7, 2, name='stem_conv1')(x)
     # TF-slim pools with TF's SAME padding: (0, 1) on even sizes, where PyTorch pads (1, 1).
     x = layers.max_pool(x, (3, 3), strides=(2, 2),
-                    padding='SAME' if self.layout == 'tfslim' else ((1, 1), (1, 1)))
+                        padding='SAME' if self.layout == 'tfslim' else ((1, 1), (1, 1)))
     endpoints = {'stem': x}
     for b, block_plan in enumerate(plan):
       grid = multi_grid if b >= len(self.units) - 1 else (1,) * len(block_plan)
