@@ -32,6 +32,9 @@ def pixel_cross_entropy(logits: jax.Array, labels: jax.Array, ignore_label: int,
   # the one-hot product fuses into the softmax on every backend.
   losses = optax.softmax_cross_entropy(
       logits.astype(jnp.float32), jax.nn.one_hot(safe, logits.shape[-1], dtype=jnp.float32))
+  # A label outside the classes (which the data readers reject) has an all-zero one-hot row;
+  # the loss is then NaN, so that training stops on a non-finite loss instead of ignoring it.
+  stray = jnp.any((safe < 0) | (safe >= logits.shape[-1]))
   count = jnp.sum(valid)
   if class_weights is None:
     weights = valid.astype(jnp.float32)
@@ -39,24 +42,29 @@ def pixel_cross_entropy(logits: jax.Array, labels: jax.Array, ignore_label: int,
     weights = jnp.where(valid, jnp.asarray(class_weights, jnp.float32)[safe], 0.0)
   losses = jnp.where(valid, losses * weights, 0.0)
   if isinstance(top_k_fraction, (int, float)) and top_k_fraction >= 1:
-    return jnp.sum(losses) / jnp.maximum(jnp.sum(weights), _TINY), count
+    return _nan_if(stray, jnp.sum(losses) / jnp.maximum(jnp.sum(weights), _TINY)), count
   flat, weights = losses.reshape(-1), weights.reshape(-1)
   k = jnp.clip(jnp.ceil(top_k_fraction * flat.size).astype(jnp.int32), 1, flat.size)
   threshold = kth_largest(jax.lax.stop_gradient(flat), k)
   chosen = (flat >= threshold) & (flat > 0)
-  return (jnp.sum(jnp.where(chosen, flat, 0.0)) /
-          jnp.maximum(jnp.sum(jnp.where(chosen, weights, 0.0)), _TINY), count)
+  return _nan_if(stray, jnp.sum(jnp.where(chosen, flat, 0.0)) /
+                 jnp.maximum(jnp.sum(jnp.where(chosen, weights, 0.0)), _TINY)), count
+
+
+def _nan_if(condition, x):
+  return jnp.where(condition, jnp.nan, x)
 
 
 def kth_largest(values: jax.Array, k) -> jax.Array:
-  """The k-th largest of the non-negative float32 `values` (1-D), exactly; negatives count as 0.
+  """The k-th largest of the non-negative `values` (1-D), exactly; negatives count as 0.
 
   A radix select, not a sort: non-negative floats order as their bit patterns do as integers,
   so the answer's 31 bits are found from the top, one pass of counting over `values` each (is
   the count of values at or above the prefix with this bit set still >= k?). On XLA:CPU a sort
   of a batch's pixel losses runs on one thread and took an eighth of the CamVid recipe's step,
   where the 31 counts are too small to show in its profile (benchmarks/RESULTS.md); under a
-  sharded batch they are 31 scalar all-reduces where a sort gathers every pixel.
+  sharded batch they are 31 scalar all-reduces where a sort gathers every pixel. A NaN counts
+  as the largest value or as 0, by its sign bit (a sort puts every NaN last).
   """
   keys = jax.lax.bitcast_convert_type(jnp.maximum(values, 0.0).astype(jnp.float32), jnp.int32)
 

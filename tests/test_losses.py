@@ -65,10 +65,18 @@ def test_kth_largest_is_exact_with_ties_zeros_and_infinity(size):
   kth = jax.jit(losses.kth_largest)
   for k in sorted({1, 2, size // 3, size // 2, size - 1, size} & set(range(1, size + 1))):
     assert float(kth(jnp.asarray(values), k)) == np.sort(values)[::-1][k - 1], k
-  # Negatives (a cross-entropy a rounding below 0) count as 0.
-  np.testing.assert_array_equal([float(kth(jnp.asarray([-1e-7, 2.0, 0.0]), k))
+  # Negatives (a cross-entropy a rounding below 0) and -0.0 count as 0; so does all zeros.
+  np.testing.assert_array_equal([float(kth(jnp.asarray([-1e-7, 2.0, -0.0]), k))
                                  for k in (1, 2, 3)], [2.0, 0.0, 0.0])
+  assert float(kth(jnp.zeros(4), 2)) == 0.0
   assert 'sort' not in jax.jit(losses.kth_largest).lower(jnp.asarray(values), 2).as_text()
+
+
+def test_a_label_outside_the_classes_makes_the_loss_nan():
+  logits, labels = batch()
+  labels = labels.at[1, 0, 0].set(4)       # 4 classes: 0..3, and the ignore label 255
+  for fraction in (1.0, 0.5):
+    assert np.isnan(float(losses.pixel_cross_entropy(logits, labels, 255, fraction)[0]))
 
 
 def test_the_fraction_ramps_down_as_in_deeplab():

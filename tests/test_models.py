@@ -165,21 +165,24 @@ def test_materialize_is_exact_and_stops_xla_recomputing_a_residual_stream():
   assert maximums(lambda x: x) > 6
 
 
-@pytest.mark.parametrize('stride', [1, 2])
+@pytest.mark.parametrize('window, strides', [((3, 3), (1, 1)), ((3, 3), (2, 2)), ((2, 3), (1, 2))])
 @pytest.mark.parametrize('padding', ['SAME', 'VALID', ((1, 1), (1, 1)), ((0, 1), (1, 0))])
-def test_max_pool_equals_nn_max_pool_in_value_and_gradient(stride, padding):
-  rng = np.random.default_rng(stride)
+def test_max_pool_equals_nn_max_pool_in_value_and_gradient(window, strides, padding):
+  rng = np.random.default_rng(strides[1])
   x = jnp.asarray(rng.normal(size=(2, 9, 12, 3)), jnp.float32)
   x = x.at[0, 2:5, 2:5, 0].set(7.0)   # ties: reduce_window gives the gradient to the first
-  pool = lambda f: lambda x: f(x, (3, 3), strides=(stride, stride), padding=padding)
+  pool = lambda f: lambda x: f(x, window, strides=strides, padding=padding)
   ours, want = pool(layers.max_pool), pool(nn.max_pool)
   np.testing.assert_array_equal(ours(x), want(x))
   g = jnp.asarray(rng.normal(size=want(x).shape), jnp.float32)
   np.testing.assert_allclose(jax.vjp(ours, x)[1](g)[0], jax.vjp(want, x)[1](g)[0], rtol=1e-6,
                              atol=1e-6)   # sums of the same terms, in another order
-  # On XLA:CPU the gradient is elementwise: no reduce_window over (value, index) pairs.
-  hlo = jax.jit(jax.grad(lambda x: jnp.sum(ours(x) * g))).lower(x).as_text()
-  assert 'reduce_window' not in hlo and 'select_and_scatter' not in hlo
+  xb, gb = x.astype(jnp.bfloat16), g.astype(jnp.bfloat16)
+  assert ours(xb).dtype == jnp.bfloat16 and jax.vjp(ours, xb)[1](gb)[0].dtype == jnp.bfloat16
+  np.testing.assert_array_equal(ours(xb).astype(jnp.float32), want(xb).astype(jnp.float32))
+  if jax.default_backend() == 'cpu':  # the gradient is elementwise: no (value, index) pairs
+    hlo = jax.jit(jax.grad(lambda x: jnp.sum(ours(x) * g))).lower(x).as_text()
+    assert 'reduce_window' not in hlo and 'select_and_scatter' not in hlo
 
 
 def test_conv_rewrites_drop_padding_taps_and_keep_nn_conv_parameters():
