@@ -104,13 +104,14 @@ def max_pool(x: jax.Array, window_shape: Sequence[int], strides: Sequence[int],
   equals it, as reduce_window's does, so values and gradients are those of nn.max_pool. For
   nn.max_pool's reduce_window XLA:CPU computes the gradient as a reduce_window over (value,
   index) pairs with an index grid per axis: in the CamVid recipe's step the stem's pool took
-  about 80 ms of 1.15 s of op time that way (benchmarks/RESULTS.md, "Optimisation record"). Other backends get nn.max_pool.
+  about 80 ms of 1.15 s of op time that way (benchmarks/RESULTS.md, "Optimisation record").
+  Other backends get nn.max_pool. The custom gradient leaves no forward-mode derivative
+  (jax.jvp) through the pool on the CPU.
   """
   if jax.default_backend() != 'cpu':
     return nn.max_pool(x, tuple(window_shape), strides=tuple(strides), padding=padding)
-  spatial = x.shape[1:-1]
   if isinstance(padding, str):
-    pads = jax.lax.padtype_to_pads(spatial, window_shape, strides, padding)
+    pads = jax.lax.padtype_to_pads(x.shape[1:-1], window_shape, strides, padding)
   else:
     pads = [tuple(p) for p in padding]
   padded = jnp.pad(x, [(0, 0)] + list(pads) + [(0, 0)], constant_values=-jnp.inf)
