@@ -137,11 +137,16 @@ def main():
   parser.add_argument('--dtype', choices=['float32', 'bfloat16'], default='float32')
   parser.add_argument('--num_classes', type=int, default=21)
   parser.add_argument('--no-compile', dest='compile', action='store_false')
+  parser.add_argument('--retain_host_memory', choices=['auto', 'true', 'false'], default='auto',
+                      help='both sides: keep freed host memory (deeplab_jax/host_memory.py)')
   parser.add_argument('--worker', choices=['torch', 'jax'], help=argparse.SUPPRESS)
   args = parser.parse_args()
   crop = [int(x) for x in args.crop.split(',')]
   args.crop = crop * 2 if len(crop) == 1 else crop
   if args.worker:
+    sys.path.insert(0, ROOT)
+    from deeplab_jax import host_memory  # pylint: disable=g-import-not-at-top
+    host_memory.configure(args.retain_host_memory)  # for torch's CPU allocator as for XLA's
     print(json.dumps(torch_side(args) if args.worker == 'torch' else jax_side(args)))
     return
   sides = {}

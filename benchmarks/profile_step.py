@@ -33,6 +33,8 @@ from ml_collections import config_flags
 
 import train_step  # benchmarks/train_step.py
 
+from deeplab_jax import host_memory
+
 FLAGS = flags.FLAGS
 _NOT_OPS = ('Thunk', '$', 'Slinky', 'PjitFunction', 'Common', 'Parse', 'Handle', 'end: ',
             'Allocate', 'Wait ')
@@ -107,6 +109,7 @@ def report(config, steps: int = 3, top: int = 30, num_classes: int = 0) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  host_memory.configure(FLAGS.retain_host_memory)  # as deeplab_jax.main does
   print(json.dumps(report(FLAGS.config, FLAGS.steps, FLAGS.top, FLAGS.num_classes), indent=1))
 
 
@@ -115,5 +118,7 @@ if __name__ == '__main__':
   flags.DEFINE_integer('steps', 3, 'Profiled steps.')
   flags.DEFINE_integer('top', 30, 'Ops and layers to print.')
   flags.DEFINE_integer('num_classes', 0, 'Class count (0: the data set\'s, else 21).')
+  flags.DEFINE_enum('retain_host_memory', 'auto', ['auto', 'true', 'false'],
+                    'As deeplab_jax.main\'s flag (deeplab_jax/host_memory.py).')
   flags.mark_flags_as_required(['config'])
   app.run(main)

@@ -60,6 +60,7 @@ def get_config(arg=None):
     config.train.top_k_percent_pixels = 0.25
     config.train.hard_example_mining_step = 800
     config.eval.mode = 'sliding'         # windows of the training crop
+    config.data.in_memory = True         # the 367 training images decoded once
   if arg == 'smoke':
     config.model.width_multiplier = 0.125
     config.data.crop_size = (64, 64)

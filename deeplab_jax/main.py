@@ -33,6 +33,10 @@ _HEARTBEAT = flags.DEFINE_integer(
     'heartbeat_timeout_seconds', 100,
     'With several processes: how long a silent peer may go before the others stop with an '
     'error (JAX\'s coordination-service heartbeat).')
+_RETAIN_HOST_MEMORY = flags.DEFINE_enum(
+    'retain_host_memory', 'auto', ['auto', 'true', 'false'],
+    'Keep the host memory malloc frees for reuse (glibc), so XLA:CPU does not fault each '
+    'step\'s buffers in again: auto = where JAX runs on the CPU. See deeplab_jax/host_memory.py.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -60,6 +64,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().python_handler.addFilter(_quiet_libraries)
+  from deeplab_jax import host_memory  # pylint: disable=g-import-not-at-top
+  host_memory.configure(_RETAIN_HOST_MEMORY.value)  # before any thread of JAX's allocates
   initialize_distributed()
   # Imported after initialisation: nothing may touch JAX's backends before it.
   from deeplab_jax import train  # pylint: disable=g-import-not-at-top

@@ -166,6 +166,41 @@ def test_stream_is_a_function_of_step_and_independent_of_process_count(cache_dir
     np.testing.assert_array_equal(np.concatenate([h[key] for h in halves]), first[0][key])
 
 
+@pytest.mark.parametrize('image_scale', [1.0, 0.75])
+def test_in_memory_gives_the_streamed_batches(cache_dir, image_scale):
+  """data.in_memory decodes the split (and applies image_scale) once: the batches are the
+  same as those decoded per step."""
+  config = quickstart.get_config('smoke')
+  config.data.cache_dir = cache_dir
+  config.data.image_scale = image_scale
+  config.train.batch_size = 4
+  dataset = data.get_dataset(config.data)
+  streamed = input_pipeline.train_batches(dataset, config, start_step=5)
+  config.data.in_memory = True
+  held = input_pipeline.train_batches(dataset, config, start_step=5)
+  for _ in range(3):
+    a, b = next(streamed), next(held)
+    np.testing.assert_array_equal(a['image'], b['image'])
+    np.testing.assert_array_equal(a['label'], b['label'])
+  source = dataset.builder.as_data_source('train', decoders=input_pipeline._ENCODED)
+  fixed, _ = input_pipeline.train_specs(config.data)
+  image, label = input_pipeline._decode_split(source, fixed, dataset.ignore_label, 'train')[0]
+  assert image.dtype == (np.uint8 if image_scale == 1.0 else np.float32)
+  assert label.dtype == np.uint8 and label.ndim == 3
+
+
+def test_in_memory_stops_before_filling_the_memory(cache_dir, monkeypatch):
+  config = quickstart.get_config('smoke')
+  config.data.cache_dir = cache_dir
+  config.data.in_memory = True
+  dataset = data.get_dataset(config.data)
+  real = os.sysconf
+  monkeypatch.setattr(os, 'sysconf', lambda name: 16 if name == 'SC_PHYS_PAGES' else real(name))
+  with pytest.raises(UserError, match=r"data.in_memory=True: split 'train' \(\d+ examples\) needs "
+                     r'about .* GiB decoded, more than half of .*set data.in_memory=False'):
+    input_pipeline.train_batches(dataset, config, start_step=0)
+
+
 @pytest.mark.parametrize('processes', [1, 3])
 def test_eval_pads_and_masks_without_dropping(cache_dir, monkeypatch, processes):
   """200 val images over 3 hosts in global batches of 48: every image exactly once."""

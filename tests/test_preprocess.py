@@ -152,6 +152,41 @@ def test_train_spec_adds_color_jitter_before_normalize():
   assert 'color_jitter' not in input_pipeline.train_spec(config)
   config.brightness, config.hue = 16.0, 0.05
   spec = input_pipeline.train_spec(config)
-  assert 'color_jitter(16.0, 0.0, 0.0, 0.05)|normalize(' in spec
+  assert 'color_jitter(16.0, 0.0, 0.0, 0.05)|pad_to(' in spec
   names = [name for name, _ in preprocess.parse(spec)]
-  assert names.index('color_jitter') < names.index('normalize')
+  assert names.index('color_jitter') < names.index('pad_to') < names.index('normalize')
+
+
+def test_train_spec_normalizes_the_crop_last_as_if_it_normalized_first():
+  """Padding with the mean colour and normalising the crop gives exactly what normalising
+  the whole image and padding it with 0 gave (the order before), at a fraction of the work."""
+  from configs import common  # pylint: disable=g-import-not-at-top
+  from deeplab_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  config = common.get_base_config().data
+  config.image_scale, config.crop_size = 0.5, (40, 48)
+  fixed, random = input_pipeline.train_specs(config)
+  assert fixed == 'scale(0.5)' and random.startswith('random_scale(')
+  assert [name for name, _ in preprocess.parse(random)][-1] == 'normalize'
+  mean, std = tuple(config.mean), tuple(config.std)
+  rng = np.random.default_rng(0)
+  example = {'image': tf.constant(rng.uniform(0, 255, (30, 37, 3)), tf.float32),
+             'label': tf.constant(rng.integers(0, 5, (30, 37, 1)), tf.int32)}
+  seed = tf.constant([1, 2], tf.int64)
+  now = preprocess.build(f'pad_to(40, 48, {mean})|random_crop(40, 48)|normalize({mean}, {std})',
+                         ignore_label=IGNORE)(example, seed)
+  before = preprocess.build(f'normalize({mean}, {std})|pad_to(40, 48)|random_crop(40, 48)',
+                            ignore_label=IGNORE)(example, seed)  # one place to crop: no draw
+  np.testing.assert_array_equal(now['image'], before['image'])
+  np.testing.assert_array_equal(now['label'], before['label'])
+  assert np.sum(np.asarray(now['image']) == 0) >= 3 * (40 * 48 - 30 * 37)  # padding is 0
+
+
+def test_pad_to_fills_each_channel():
+  example = {'image': tf.ones([2, 3, 3]), 'label': tf.zeros([2, 3, 1], tf.int32)}
+  out = preprocess.build('pad_to(4, 3, (10, 20, 30))', ignore_label=IGNORE)(
+      example, tf.constant([0, 0], tf.int64))
+  image = np.asarray(out['image'])
+  assert image.shape == (4, 3, 3)
+  np.testing.assert_array_equal(image[2:], np.broadcast_to([10.0, 20.0, 30.0], (2, 3, 3)))
+  np.testing.assert_array_equal(image[:2], 1.0)
+  assert np.all(np.asarray(out['label'])[2:] == IGNORE)

@@ -13,8 +13,10 @@ the same number of batches with masked examples: nothing is dropped.
 
 import functools
 import math
-from typing import Dict, Iterator, Tuple
+import os
+from typing import Dict, Iterator, List, Tuple
 
+from absl import logging
 import jax
 import numpy as np
 import tensorflow as tf
@@ -28,23 +30,33 @@ Batch = Dict[str, np.ndarray]
 _ENCODED = {'image': tfds.decode.SkipDecoding(), 'label': tfds.decode.SkipDecoding()}
 
 
-def train_spec(data_config) -> str:
-  """The preprocessing spec of training, from the config's augmentation fields."""
+def train_specs(data_config) -> Tuple[str, str]:
+  """Training preprocessing as (fixed, random) specs: the fixed part (`image_scale`) is the
+  same at every epoch, so `data.in_memory` applies it once; the random part follows it.
+
+  The image is normalised last, after the crop and the flip, so that the per-pixel work is
+  done on the crop only; the padding is filled with the mean colour, which normalises to
+  exactly 0, as if the image had been normalised first and padded with 0.
+  """
   c = data_config
   h, w = c.crop_size
+  fixed = [f'scale({c.image_scale})'] if c.image_scale != 1.0 else []
   ops = []
-  if c.image_scale != 1.0:
-    ops.append(f'scale({c.image_scale})')
   if (c.min_scale, c.max_scale) != (1.0, 1.0):
     ops.append(f'random_scale({c.min_scale}, {c.max_scale})')
   jitter = (c.brightness, c.contrast, c.saturation, c.hue)
   if any(jitter):
     ops.append(f'color_jitter{tuple(float(x) for x in jitter)}')
-  ops += [f'normalize({tuple(c.mean)}, {tuple(c.std)})', f'pad_to({h}, {w})',
-          f'random_crop({h}, {w})']
+  ops += [f'pad_to({h}, {w}, {tuple(c.mean)})', f'random_crop({h}, {w})']
   if c.flip:
     ops.append('flip_lr')
-  return '|'.join(ops)
+  ops.append(f'normalize({tuple(c.mean)}, {tuple(c.std)})')
+  return '|'.join(fixed), '|'.join(ops)
+
+
+def train_spec(data_config) -> str:
+  """The whole preprocessing spec of training, from the config's augmentation fields."""
+  return '|'.join(filter(None, train_specs(data_config)))
 
 
 def eval_spec(config) -> str:
@@ -79,25 +91,78 @@ def train_batches(dataset: Dataset, config, start_step: int) -> Iterator[Batch]:
   def permutation(epoch):
     return np.random.default_rng([seed, epoch]).permutation(n)
 
+  fixed_spec, random_spec = train_specs(config.data)
+  fixed = preprocess.build(fixed_spec, ignore_label=dataset.ignore_label)
+  augment = preprocess.build(random_spec, ignore_label=dataset.ignore_label)
+  examples = (_decode_split(source, fixed_spec, dataset.ignore_label, split)
+              if config.data.in_memory else None)
+
   def fetch(i):
     step, row = divmod(int(i), local_batch)
     position = step * global_batch + process * local_batch + row
     epoch, k = divmod(position, n)
-    example = source[int(permutation(epoch)[k])]
+    index = int(permutation(epoch)[k])
+    if examples is not None:
+      return (*examples[index], np.int64(position))
+    example = source[index]
     return example['image'], example['label'], np.int64(position)
 
-  augment = preprocess.build(train_spec(config.data), ignore_label=dataset.ignore_label)
-
-  def process_example(image_bytes, label_bytes, position):
-    example = augment(_decode(image_bytes, label_bytes),
-                      tf.stack([tf.constant(seed, tf.int64), position]))
+  def process_example(image, label, position):
+    if examples is None:
+      example = fixed(_decode(image, label), tf.zeros([2], tf.int64))  # fixed: draws nothing
+    else:
+      example = {'image': tf.ensure_shape(tf.cast(image, tf.float32), [None, None, 3]),
+                 'label': tf.ensure_shape(tf.cast(label, tf.int32), [None, None, 1])}
+    example = augment(example, tf.stack([tf.constant(seed, tf.int64), position]))
     return {'image': example['image'], 'label': example['label'][..., 0]}
 
+  if examples is None:
+    types = (tf.string, tf.string, tf.int64)
+  else:
+    types = (tf.as_dtype(examples[0][0].dtype), tf.uint8, tf.int64)
   ds = tf.data.Dataset.range(start_step * local_batch, 2**62)
-  ds = ds.map(lambda i: tf.numpy_function(fetch, [i], (tf.string, tf.string, tf.int64)))
+  ds = ds.map(lambda i: tf.numpy_function(fetch, [i], types))
   ds = ds.map(process_example, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(local_batch, drop_remainder=True).prefetch(2)
   return ds.as_numpy_iterator()
+
+
+def _decode_split(source, fixed_spec: str, ignore_label: int,
+                  split: str) -> List[Tuple[np.ndarray, np.ndarray]]:
+  """Every (image, label) of a split decoded and through the fixed ops (`data.in_memory`):
+  images uint8, or float32 once resized; labels uint8. Stops with an error before filling
+  more than half of the machine's memory."""
+  n = len(source)
+  fixed = preprocess.build(fixed_spec, ignore_label=ignore_label)
+
+  def read(k):
+    example = source[int(k)]
+    return example['image'], example['label']
+
+  def decode(image, label):
+    example = _decode(image, label)
+    if fixed_spec:
+      example = fixed(example, tf.zeros([2], tf.int64))  # the fixed ops draw nothing
+    else:  # keep the decoded bytes: their cast to float32 is exact
+      example['image'] = tf.cast(example['image'], tf.uint8)
+    return example['image'], tf.cast(example['label'], tf.uint8)
+
+  ds = tf.data.Dataset.range(n)
+  ds = ds.map(lambda k: tf.numpy_function(read, [k], (tf.string, tf.string)))
+  ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  limit = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') // 2
+  examples, total = [], 0
+  for image, label in ds.as_numpy_iterator():
+    examples.append((image, label))
+    total += image.nbytes + label.nbytes
+    if total / len(examples) * n > limit:
+      raise UserError(
+          f'data.in_memory=True: split {split!r} ({n} examples) needs about '
+          f'{total / len(examples) * n / 2**30:.1f} GiB decoded, more than half of this '
+          f'machine\'s {2 * limit / 2**30:.1f} GiB; set data.in_memory=False.')
+  logging.info('data.in_memory: split %r decoded, %d examples, %.2f GiB.', split, n,
+               total / 2**30)
+  return examples
 
 
 def eval_batches(dataset: Dataset, config, split: str) -> Tuple[Iterator[Batch], int]:

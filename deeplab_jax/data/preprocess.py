@@ -1,7 +1,8 @@
 """Joint image/label preprocessing ops, registered by name and composed from a spec string.
 
 A spec is `op(args)|op(args)|...`, for example
-`random_scale(0.5, 2.0)|normalize|pad_to(513, 513)|random_crop(513, 513)|flip_lr`.
+`random_scale(0.5, 2.0)|pad_to(513, 513, (124, 116, 104))|random_crop(513, 513)|flip_lr|
+normalize`.
 An example is a dict with `image` (float32 [H, W, 3], 0..255 until normalised) and `label`
 (int32 [H, W, 1]). Random ops are stateless: each takes its own seed split from the
 example's seed, and the image and the label always share one draw. Labels are resized by
@@ -103,14 +104,23 @@ def normalize(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), **_) 
 
 
 @register('pad_to')
-def pad_to(height: int, width: int, *, ignore_label: int, **_) -> Op:
-  """Pads bottom/right to at least height x width: image with 0, label with the ignore label."""
+def pad_to(height: int, width: int, fill=0.0, *, ignore_label: int, **_) -> Op:
+  """Pads bottom/right to at least height x width: the label with the ignore label, the image
+  with `fill` (a value, or one per channel: pad with the mean colour before `normalize`)."""
+  fill = tuple(fill) if isinstance(fill, (tuple, list)) else (fill,)
+
   def op(ex, seed):
     del seed
     shape = tf.shape(ex['image'])
-    pads = [[0, tf.maximum(height - shape[0], 0)], [0, tf.maximum(width - shape[1], 0)], [0, 0]]
-    return {**ex, 'image': tf.pad(ex['image'], pads),
-            'label': tf.pad(ex['label'], pads, constant_values=ignore_label)}
+    pads = [[0, tf.maximum(height - shape[0], 0)], [0, tf.maximum(width - shape[1], 0)]]
+    image = ex['image']
+    if len(fill) == 1:
+      image = tf.pad(image, pads + [[0, 0]], constant_values=fill[0])
+    else:
+      image = tf.stack([tf.pad(image[..., i], pads, constant_values=v)
+                        for i, v in enumerate(fill)], axis=-1)
+    return {**ex, 'image': image,
+            'label': tf.pad(ex['label'], pads + [[0, 0]], constant_values=ignore_label)}
   return op
 
 
