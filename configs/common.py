@@ -19,7 +19,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.data.crop_size = (513, 513)   # (height, width) of training crops
   config.data.image_scale = 1.0        # resize every image by this first (0.5 = half resolution)
   # Keep the training split decoded (and resized by image_scale) in memory: no decoding per
-  # step, the same batches. For small sets (CamVid at 3/4 scale: 0.5 GB); stops with an error
+  # step, the same batches. For small sets (CamVid at 3/4 scale: 0.43 GiB); stops with an error
   # where it would take more than half of the machine's memory.
   config.data.in_memory = False
   config.data.min_scale = 0.5          # random scale range
