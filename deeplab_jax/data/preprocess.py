@@ -113,14 +113,19 @@ def pad_to(height: int, width: int, fill=0.0, *, ignore_label: int, **_) -> Op:
     del seed
     shape = tf.shape(ex['image'])
     pads = [[0, tf.maximum(height - shape[0], 0)], [0, tf.maximum(width - shape[1], 0)]]
-    image = ex['image']
-    if len(fill) == 1:
-      image = tf.pad(image, pads + [[0, 0]], constant_values=fill[0])
-    else:
-      image = tf.stack([tf.pad(image[..., i], pads, constant_values=v)
-                        for i, v in enumerate(fill)], axis=-1)
-    return {**ex, 'image': image,
-            'label': tf.pad(ex['label'], pads + [[0, 0]], constant_values=ignore_label)}
+
+    def pad(image, label):
+      if len(fill) == 1:
+        image = tf.pad(image, pads + [[0, 0]], constant_values=fill[0])
+      else:
+        image = tf.stack([tf.pad(image[..., i], pads, constant_values=v)
+                          for i, v in enumerate(fill)], axis=-1)
+      return image, tf.pad(label, pads + [[0, 0]], constant_values=ignore_label)
+
+    short = tf.logical_or(shape[0] < height, shape[1] < width)  # else no copy
+    image, label = tf.cond(short, lambda: pad(ex['image'], ex['label']),
+                           lambda: (ex['image'], ex['label']))
+    return {**ex, 'image': image, 'label': label}
   return op
 
 
