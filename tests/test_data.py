@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 from PIL import Image
+import tensorflow as tf
 
 from configs import quickstart
 from configs import v3plus_camvid
@@ -14,6 +15,7 @@ from deeplab_jax import class_weights
 from deeplab_jax import data
 from deeplab_jax.data import camvid
 from deeplab_jax.data import input_pipeline
+from deeplab_jax.data import preprocess
 from deeplab_jax.errors import UserError
 
 
@@ -183,8 +185,9 @@ def test_in_memory_gives_the_streamed_batches(cache_dir, image_scale):
     np.testing.assert_array_equal(a['image'], b['image'])
     np.testing.assert_array_equal(a['label'], b['label'])
   source = dataset.builder.as_data_source('train', decoders=input_pipeline._ENCODED)
-  fixed, _ = input_pipeline.train_specs(config.data)
-  image, label = input_pipeline._decode_split(source, fixed, dataset.ignore_label, 'train')[0]
+  fixed = preprocess.build(input_pipeline.train_specs(config.data)[0], ignore_label=0)
+  decode = lambda i, l: fixed(input_pipeline._decode(i, l), tf.zeros([2], tf.int64))
+  image, label = input_pipeline._decode_split(source, decode, image_scale != 1.0, 'train')[0]
   assert image.dtype == (np.uint8 if image_scale == 1.0 else np.float32)
   assert label.dtype == np.uint8 and label.ndim == 3
 

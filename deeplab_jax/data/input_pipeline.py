@@ -94,7 +94,11 @@ def train_batches(dataset: Dataset, config, start_step: int) -> Iterator[Batch]:
   fixed_spec, random_spec = train_specs(config.data)
   fixed = preprocess.build(fixed_spec, ignore_label=dataset.ignore_label)
   augment = preprocess.build(random_spec, ignore_label=dataset.ignore_label)
-  examples = (_decode_split(source, fixed_spec, dataset.ignore_label, split)
+
+  def decode(image_bytes, label_bytes):  # the fixed ops draw nothing: any seed
+    return fixed(_decode(image_bytes, label_bytes), tf.zeros([2], tf.int64))
+
+  examples = (_decode_split(source, decode, bool(fixed_spec), split)
               if config.data.in_memory else None)
 
   def fetch(i):
@@ -109,7 +113,7 @@ def train_batches(dataset: Dataset, config, start_step: int) -> Iterator[Batch]:
 
   def process_example(image, label, position):
     if examples is None:
-      example = fixed(_decode(image, label), tf.zeros([2], tf.int64))  # fixed: draws nothing
+      example = decode(image, label)
     else:
       example = {'image': tf.ensure_shape(tf.cast(image, tf.float32), [None, None, 3]),
                  'label': tf.ensure_shape(tf.cast(label, tf.int32), [None, None, 1])}
@@ -127,29 +131,25 @@ def train_batches(dataset: Dataset, config, start_step: int) -> Iterator[Batch]:
   return ds.as_numpy_iterator()
 
 
-def _decode_split(source, fixed_spec: str, ignore_label: int,
+def _decode_split(source, decode, resized: bool,
                   split: str) -> List[Tuple[np.ndarray, np.ndarray]]:
-  """Every (image, label) of a split decoded and through the fixed ops (`data.in_memory`):
-  images uint8, or float32 once resized; labels uint8. Stops with an error before filling
+  """Every (image, label) of a split through `decode` (`data.in_memory`): images uint8, or
+  float32 where the fixed ops resized them; labels uint8. Stops with an error before filling
   more than half of the machine's memory."""
   n = len(source)
-  fixed = preprocess.build(fixed_spec, ignore_label=ignore_label)
 
   def read(k):
     example = source[int(k)]
     return example['image'], example['label']
 
-  def decode(image, label):
-    example = _decode(image, label)
-    if fixed_spec:
-      example = fixed(example, tf.zeros([2], tf.int64))  # the fixed ops draw nothing
-    else:  # keep the decoded bytes: their cast to float32 is exact
-      example['image'] = tf.cast(example['image'], tf.uint8)
-    return example['image'], tf.cast(example['label'], tf.uint8)
+  def stored(image_bytes, label_bytes):
+    example = decode(image_bytes, label_bytes)
+    image = example['image'] if resized else tf.cast(example['image'], tf.uint8)  # exact
+    return image, tf.cast(example['label'], tf.uint8)
 
   ds = tf.data.Dataset.range(n)
   ds = ds.map(lambda k: tf.numpy_function(read, [k], (tf.string, tf.string)))
-  ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.map(stored, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   limit = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') // 2
   examples, total = [], 0
   for image, label in ds.as_numpy_iterator():
