@@ -247,8 +247,11 @@ def evaluate(config, state, eval_step, dataset, mesh, writer, workdir: str, step
       images_to_write = panels(local['image'][:n], local['label'][:n], predictions[:n],
                                dataset, config.data.mean, config.data.std)
   assert i + 1 == num_batches, (i, num_batches)
+  # The confusion matrix (rows: ground truth, columns: prediction, in pixels) goes into the
+  # line too, for what a class is mistaken for.
   result = {'step': int(step), 'split': split, 'protocol': protocol(config),
-            **metrics.summarize(confusion, dataset.class_names)}
+            **metrics.summarize(confusion, dataset.class_names),
+            'confusion': confusion.tolist()}
   scalars = {f'{split}/miou': result['miou'], f'{split}/pixel_accuracy': result['pixel_accuracy']}
   scalars.update({f'{split}/iou/{k}': v for k, v in result['per_class_iou'].items()})
   writer.write_scalars(step, scalars)

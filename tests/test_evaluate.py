@@ -12,6 +12,7 @@ import pytest
 
 from configs import quickstart
 from deeplab_jax import evaluate
+from deeplab_jax import metrics
 from deeplab_jax import train
 from deeplab_jax.errors import UserError
 from deeplab_jax.models import deeplab
@@ -145,6 +146,10 @@ def test_continuous_evaluation_follows_training_and_stops_by_itself(tmp_path, ca
       (2, 'whole scales=1.0 os=16'), (2, 'whole scales=1.0 flip os=16'),
       (4, 'whole scales=1.0 os=16'), (4, 'whole scales=1.0 flip os=16')]
   assert len(waits) == 1
+  for r in rows:  # each line keeps its confusion matrix, from which its figures come
+    confusion = np.asarray(r['confusion'])
+    assert confusion.shape == (5, 5) and confusion.sum() > 0
+    assert metrics.summarize(confusion, list(r['per_class_iou']))['miou'] == pytest.approx(r['miou'])
   # Run again: everything is evaluated; it stops at once without a new line.
   train.evaluate_continuously(evaluator, workdir, sleep=sleep)
   assert len(open(os.path.join(workdir, 'evals.jsonl')).readlines()) == 4
