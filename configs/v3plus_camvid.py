@@ -6,7 +6,7 @@
 Variants: `v3plus_camvid.py` is the full recipe (ResNet-101 OS16 at 360 x 480, batch 16);
 `v3plus_camvid.py:cpu` is a small DeepLabv3+ (4.5M parameters) at 3/4 resolution that trains
 on 2 CPU cores in 30 to 40 minutes (val mIoU 0.572 in 28 min 50 s on an Intel Xeon, 0.582 in
-38 min 46 s on a slower AMD EPYC hour; see README.md);
+38 min 46 s on an AMD EPYC in a slow hour; see README.md);
 `:smoke` runs a few steps for tests (the small model at half resolution).
 Validation is always scored at CamVid's full 360 x 480.
 """
@@ -62,7 +62,7 @@ def get_config(arg=None):
     config.train.hard_example_mining_step = 800
     config.eval.mode = 'sliding'         # windows of the training crop
     # Scored at 7/8 of the training images' size (0.656 of CamVid's, 236 x 315): each window
-    # then holds most of the image. Chosen on val (RESULTS.md): +0.5 to +0.8 mIoU on three runs.
+    # then holds most of the image. Chosen on val (RESULTS.md): +0.5 to +0.8 mIoU on four models.
     config.eval.scales = (0.875,)
     config.data.in_memory = True         # the 367 training images decoded once
   if arg == 'smoke':
