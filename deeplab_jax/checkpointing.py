@@ -41,15 +41,16 @@ def _flat_shapes(tree) -> dict:
         return str(getattr(key, attr))
     return str(key)
   return {'/'.join(name(k) for k in path): tuple(leaf.shape)
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+          if getattr(leaf, 'shape', None) is not None}
 
 
 def _check_fits(manager, step: int, abstract_state) -> None:
   try:
-    saved = _flat_shapes(ocp.StandardCheckpointHandler().metadata(
-        manager.directory / str(step) / 'state'))
+    metadata = ocp.StandardCheckpointHandler().metadata(manager.directory / str(step) / 'state')
   except Exception:  # pylint: disable=broad-except  (no metadata: let orbax report)
     return
+  saved = _flat_shapes(metadata)
   wanted = _flat_shapes(abstract_state)
   common = saved.keys() & wanted.keys()
   if not common:  # the trees name their leaves differently: leave it to orbax
