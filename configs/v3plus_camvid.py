@@ -5,8 +5,9 @@
 
 Variants: `v3plus_camvid.py` is the full recipe (ResNet-101 OS16 at 360 x 480, batch 16);
 `v3plus_camvid.py:cpu` is a small DeepLabv3+ (3.26M parameters) at 3/4 resolution that trains
-on 2 CPU cores in about 30 minutes (val mIoU 0.611, 0.595 and 0.611 with seeds 0, 1 and 2,
-in 28.5 to 29.6 min on an AMD EPYC, 2026-12-02; see benchmarks/RESULTS.md, "Learning on real CamVid");
+on 2 CPU cores in about 30 minutes (val mIoU 0.611, 0.595 and 0.611 with seeds 0, 1 and 2;
+seeds 0 and 1 took 28.5 to 29.6 min on an AMD EPYC, 2026-12-02; see benchmarks/RESULTS.md,
+"Learning on real CamVid");
 `:smoke` runs a few steps for tests (the small model at half resolution).
 Validation is always scored at CamVid's full 360 x 480.
 """

@@ -35,12 +35,8 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state):
 
 
 def _flat_shapes(tree) -> dict:
-  def name(key):
-    for attr in ('key', 'name', 'idx'):
-      if hasattr(key, attr):
-        return str(getattr(key, attr))
-    return str(key)
-  return {'/'.join(name(k) for k in path): tuple(leaf.shape)
+  """{'a/b/c': shape}: dict keys, dataclass fields and tuple indices alike, as orbax names them."""
+  return {jax.tree_util.keystr(path, simple=True, separator='/'): tuple(leaf.shape)
           for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
           if getattr(leaf, 'shape', None) is not None}
 

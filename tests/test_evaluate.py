@@ -149,7 +149,8 @@ def test_continuous_evaluation_follows_training_and_stops_by_itself(tmp_path, ca
   for r in rows:  # each line keeps its confusion matrix, from which its figures come
     confusion = np.asarray(r['confusion'])
     assert confusion.shape == (5, 5) and confusion.sum() > 0
-    assert metrics.summarize(confusion, list(r['per_class_iou']))['miou'] == pytest.approx(r['miou'])
+    summary = metrics.summarize(confusion, list(r['per_class_iou']))
+    assert summary['miou'] == pytest.approx(r['miou'])
   # Run again: everything is evaluated; it stops at once without a new line.
   train.evaluate_continuously(evaluator, workdir, sleep=sleep)
   assert len(open(os.path.join(workdir, 'evals.jsonl')).readlines()) == 4
