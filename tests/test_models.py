@@ -1,6 +1,7 @@
 """Model shapes, strides, atrous arithmetic, parameter counts and impossible settings."""
 
 import functools
+import math
 import os
 
 import flax.linen as nn
@@ -95,9 +96,11 @@ CONV_CASES = [  # (input h, w), kernel, rate, stride, depthwise, padding
 ]
 
 
+@pytest.mark.parametrize('tap_sum', [False, True])  # conv, or every conv it can take as taps
 @pytest.mark.parametrize('size,k,rate,stride,depthwise,padding', CONV_CASES)
 def test_conv_rewrites_equal_lax_in_value_and_gradient(size, k, rate, stride, depthwise,
-                                                       padding):
+                                                       padding, tap_sum, monkeypatch):
+  monkeypatch.setattr(layers, 'TAP_SUM_BELOW', math.inf if tap_sum else 0.0)
   channels = 4
   x = jax.random.normal(jax.random.key(0), (2, *size, channels))
   w = jax.random.normal(jax.random.key(1), (k, k, 1 if depthwise else channels, channels))
@@ -194,8 +197,28 @@ def test_conv_rewrites_drop_padding_taps_and_keep_nn_conv_parameters():
   np.testing.assert_array_equal(variables['params']['kernel'], reference['params']['kernel'])
   jaxpr = str(jax.make_jaxpr(lambda v: make(layers.Conv, 24).apply(v, x))(variables))
   assert 'dot_general' in jaxpr and 'conv_general_dilated' not in jaxpr
-  jaxpr = str(jax.make_jaxpr(lambda v: make(layers.Conv, 12).apply(v, x))(variables))
-  assert 'conv_general_dilated' in jaxpr and 'rhs_dilation=(12, 12)' in jaxpr
+  jaxpr = str(jax.make_jaxpr(lambda v: make(layers.Conv, 2).apply(v, x))(variables))
+  assert 'conv_general_dilated' in jaxpr and 'rhs_dilation=(2, 2)' in jaxpr  # 85 % useful
+
+
+def test_tap_sum_is_chosen_for_mostly_padding_taps_over_wide_inputs():
+  # deeplabv3_resnet50 at 257 x 257, output stride 8: ASPP reads a 33 x 33 x 2048 map.
+  pays = lambda shape, rate: layers.tap_sum_pays(
+      shape, (3, 3, shape[-1], 256), layers.atrous_padding(3, rate), (rate, rate))
+  assert pays((2, 33, 33, 2048), 12) and pays((2, 33, 33, 2048), 24)  # 57 %, 26 % useful
+  assert not pays((2, 33, 33, 2048), 6)     # 77 % useful
+  assert not pays((2, 33, 33, 2048), 1)     # only the border reads padding
+  assert pays((2, 65, 65, 256), 24) and pays((2, 14, 18, 768), 6)  # 57 %, 40 % useful
+  assert not pays((2, 33, 33, 2048), 36)    # every tap but the centre reads padding only: 1 x 1
+  x = jnp.ones((2, 33, 33, 2048))
+  conv = layers.Conv(8, (3, 3), padding=layers.atrous_padding(3, 12), kernel_dilation=(12, 12))
+  variables = jax.eval_shape(conv.init, jax.random.key(0), x)
+  jaxpr = str(jax.make_jaxpr(conv.apply)(variables, x))
+  if jax.default_backend() == 'cpu':
+    assert 'conv_general_dilated' not in jaxpr and jaxpr.count('dot_general') == 9
+  conv = conv.clone(dtype=jnp.bfloat16)
+  jaxpr = str(jax.make_jaxpr(conv.apply)(variables, x.astype(jnp.bfloat16)))
+  assert 'conv_general_dilated' in jaxpr  # float32 only
 
 
 def test_importing_deeplab_jax_sets_the_cpu_convolution_flag():

@@ -44,6 +44,64 @@ def _useful_taps(size: int, k: int, rate: int, pad: Tuple[int, int]) -> Tuple[in
   return (useful[0], useful[-1]) if useful else (0, k - 1)
 
 
+# XLA:CPU computes a stride-1 conv tap by tap (`_tap_sum`) where less than this fraction of its
+# multiply-adds read the input (the rest read zero padding). Over the shapes of
+# `python benchmarks/conv_taps.py` the tap sum took 1.0-1.6 (mostly 1.1-1.3) times the time
+# of the conv's useful fraction, so below 0.75 it is faster (benchmarks/RESULTS.md,
+# "Optimisation record", item 10).
+TAP_SUM_BELOW = 0.75
+
+
+def _tap_outputs(size: int, k: int, rate: int, pad: Tuple[int, int]):
+  """[(tap, first, end)]: the outputs [first, end) of a stride-1 conv axis that each tap reads
+  the input for (it reads padding for the others); taps that only read padding are left out."""
+  out = size + pad[0] + pad[1] - (k - 1) * rate
+  spans = [(i, max(0, pad[0] - i * rate), min(out, size + pad[0] - i * rate)) for i in range(k)]
+  return [(i, lo, hi) for i, lo, hi in spans if hi > lo]
+
+
+def _useful_fraction(rows, cols, out_h: int, out_w: int) -> float:
+  """The fraction of a conv's multiply-adds that read the input, not padding."""
+  return (sum(hi - lo for _, lo, hi in rows) / (len(rows) * out_h) *
+          sum(hi - lo for _, lo, hi in cols) / (len(cols) * out_w))
+
+
+def tap_sum_pays(lhs_shape, rhs_shape, padding, rates) -> bool:
+  """Whether XLA:CPU is expected to compute this stride-1 NHWC x HWIO conv (taps that only
+  read padding already dropped) faster tap by tap than as a convolution (TAP_SUM_BELOW)."""
+  if tuple(rhs_shape[:2]) == (1, 1) or any(p < 0 for pair in padding for p in pair):
+    return False
+  rows = _tap_outputs(lhs_shape[1], rhs_shape[0], rates[0], padding[0])
+  cols = _tap_outputs(lhs_shape[2], rhs_shape[1], rates[1], padding[1])
+  out = [lhs_shape[1 + a] + sum(padding[a]) - (rhs_shape[a] - 1) * rates[a] for a in (0, 1)]
+  if not rows or not cols:
+    return False
+  return _useful_fraction(rows, cols, *out) < TAP_SUM_BELOW
+
+
+def _tap_sum(x, w, padding, rates, precision):
+  """A stride-1 NHWC x HWIO conv as a sum over taps of 1 x 1 products, each over only the
+  outputs whose tap reads the input.
+
+  Exact (the products left out are those with zero padding); the cost is the useful
+  multiply-adds plus slicing the input, against every tap at every output for a conv. ASPP's
+  rates on small maps are the case: rate 12 on a 33 x 33 map (a 257 crop at output stride 8)
+  spends 57 % of a conv's multiply-adds on the input, rate 24 26 %.
+  """
+  out = [x.shape[1 + a] + sum(padding[a]) - (w.shape[a] - 1) * rates[a] for a in (0, 1)]
+  rows = _tap_outputs(x.shape[1], w.shape[0], rates[0], padding[0])
+  cols = _tap_outputs(x.shape[2], w.shape[1], rates[1], padding[1])
+  y = None
+  for i, r0, r1 in rows:
+    s0 = r0 - padding[0][0] + i * rates[0]
+    for j, c0, c1 in cols:
+      t0 = c0 - padding[1][0] + j * rates[1]
+      part = _pointwise(x[:, s0:s0 + r1 - r0, t0:t0 + c1 - c0], w[i, j], precision)
+      part = jnp.pad(part, ((0, 0), (r0, out[0] - r1), (c0, out[1] - c1), (0, 0)))
+      y = part if y is None else y + part
+  return y
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _pointwise(x, w, precision=None):
   """1 x 1 conv of NHWC `x` with `w` [C_in, C_out] as a product over channels.
@@ -166,8 +224,11 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   """`lax.conv_general_dilated` for NHWC x HWIO: the same function, computed more cheaply.
 
   `Conv` (nn.Conv with this as its `conv_general_dilated`) keeps nn.Conv's parameters,
-  initialisation and checkpoints. Two exact rewrites:
+  initialisation and checkpoints. Three exact rewrites:
   - kernel taps that only ever read zero padding are dropped (`_useful_taps`);
+  - on XLA:CPU, a float32 stride-1 conv whose taps read mostly padding (large rates on a
+    small map, `tap_sum_pays`) is a sum over taps of products over only the outputs each tap
+    reads the input for (`_tap_sum`);
   - a 1 x 1 conv (after that) is a product over channels of the strided input, whose
     gradients XLA's CPU backend computes without a convolution's transposes.
   Anything else (input dilation, other layouts, string padding) goes to lax unchanged.
@@ -198,6 +259,10 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
     if (first, last) != (0, k - 1) and lo >= 0 and hi >= 0:
       rhs = jax.lax.slice_in_dim(rhs, first, last + 1, axis=axis)
       padding[axis] = (lo, hi)
+  if (static and feature_group_count == 1 and tuple(window_strides) == (1, 1) and
+      lhs.dtype == jnp.float32 and jax.default_backend() == 'cpu' and
+      tap_sum_pays(lhs.shape, rhs.shape, padding, rates)):
+    return _tap_sum(lhs, rhs, padding, rates, precision)
   if (rhs.shape[:2] != (1, 1) or any(p != (0, 0) for p in padding) or
       (not static and tuple(window_strides) != (1, 1))):
     return lax_conv(rhs, padding)
