@@ -69,8 +69,7 @@ def time_case(size: int, cin: int, cout: int, rate: int, batch: int, repeats: in
       jax.block_until_ready(step(x, w))
       times[name].append(time.perf_counter() - start)
   conv_s, taps_s = (statistics.median(times[k]) for k in ('conv', 'tap_sum'))
-  rows = layers._tap_outputs(size, 3, rate, padding[0])  # pylint: disable=protected-access
-  fraction = layers._useful_fraction(rows, rows, size, size)  # pylint: disable=protected-access
+  fraction = layers.useful_fraction(x.shape, w.shape, padding, (rate, rate))
   return {
       'case': f'{size}x{cin}x{cout}r{rate}', 'batch': batch,
       'conv_ms': round(conv_s * 1e3, 1), 'tap_sum_ms': round(taps_s * 1e3, 1),

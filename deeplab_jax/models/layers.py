@@ -38,10 +38,13 @@ def _useful_taps(size: int, k: int, rate: int, pad: Tuple[int, int]) -> Tuple[in
   so dropping it changes nothing but the cost. ASPP's large rates on small feature maps are
   the case: rates 24 and 36 on 17 x 17 (a 129 crop at output stride 8) leave the centre tap.
   """
-  out = size + pad[0] + pad[1] - (k - 1) * rate
-  useful = [i for i in range(k)
-            if i * rate - pad[0] <= size - 1 and out - 1 - pad[0] + i * rate >= 0]
+  useful = [i for i, _, _ in _tap_outputs(size, k, rate, pad)]
   return (useful[0], useful[-1]) if useful else (0, k - 1)
+
+
+def _out_size(size: int, k: int, rate: int, pad: Tuple[int, int]) -> int:
+  """Output size of a stride-1 conv axis."""
+  return size + pad[0] + pad[1] - (k - 1) * rate
 
 
 # XLA:CPU computes a stride-1 conv tap by tap (`_tap_sum`) where less than this fraction of its
@@ -55,28 +58,31 @@ TAP_SUM_BELOW = 0.75
 def _tap_outputs(size: int, k: int, rate: int, pad: Tuple[int, int]):
   """[(tap, first, end)]: the outputs [first, end) of a stride-1 conv axis that each tap reads
   the input for (it reads padding for the others); taps that only read padding are left out."""
-  out = size + pad[0] + pad[1] - (k - 1) * rate
+  out = _out_size(size, k, rate, pad)
   spans = [(i, max(0, pad[0] - i * rate), min(out, size + pad[0] - i * rate)) for i in range(k)]
   return [(i, lo, hi) for i, lo, hi in spans if hi > lo]
 
 
-def _useful_fraction(rows, cols, out_h: int, out_w: int) -> float:
-  """The fraction of a conv's multiply-adds that read the input, not padding."""
-  return (sum(hi - lo for _, lo, hi in rows) / (len(rows) * out_h) *
-          sum(hi - lo for _, lo, hi in cols) / (len(cols) * out_w))
+def useful_fraction(lhs_shape, rhs_shape, padding, rates) -> float:
+  """The fraction of a stride-1 NHWC x HWIO conv's multiply-adds that read the input, not
+  padding, over the taps that read it somewhere (`conv_general_dilated` drops the others)."""
+  fraction = 1.0
+  for a in (0, 1):
+    size, k = lhs_shape[1 + a], rhs_shape[a]
+    spans = _tap_outputs(size, k, rates[a], padding[a])
+    fraction *= (sum(hi - lo for _, lo, hi in spans) /
+                 max(1, len(spans) * _out_size(size, k, rates[a], padding[a])))
+  return fraction
 
 
 def tap_sum_pays(lhs_shape, rhs_shape, padding, rates) -> bool:
   """Whether XLA:CPU is expected to compute this stride-1 NHWC x HWIO conv (taps that only
   read padding already dropped) faster tap by tap than as a convolution (TAP_SUM_BELOW)."""
-  if tuple(rhs_shape[:2]) == (1, 1) or any(p < 0 for pair in padding for p in pair):
+  if any(p < 0 for pair in padding for p in pair):
     return False
-  rows = _tap_outputs(lhs_shape[1], rhs_shape[0], rates[0], padding[0])
-  cols = _tap_outputs(lhs_shape[2], rhs_shape[1], rates[1], padding[1])
-  out = [lhs_shape[1 + a] + sum(padding[a]) - (rhs_shape[a] - 1) * rates[a] for a in (0, 1)]
-  if not rows or not cols:
-    return False
-  return _useful_fraction(rows, cols, *out) < TAP_SUM_BELOW
+  if not all(_tap_outputs(lhs_shape[1 + a], rhs_shape[a], rates[a], padding[a]) for a in (0, 1)):
+    return False  # no output, or none that reads the input
+  return useful_fraction(lhs_shape, rhs_shape, padding, rates) < TAP_SUM_BELOW
 
 
 def _tap_sum(x, w, padding, rates, precision):
@@ -88,7 +94,7 @@ def _tap_sum(x, w, padding, rates, precision):
   rates on small maps are the case: rate 12 on a 33 x 33 map (a 257 crop at output stride 8)
   spends 57 % of a conv's multiply-adds on the input, rate 24 26 %.
   """
-  out = [x.shape[1 + a] + sum(padding[a]) - (w.shape[a] - 1) * rates[a] for a in (0, 1)]
+  out = [_out_size(x.shape[1 + a], w.shape[a], rates[a], padding[a]) for a in (0, 1)]
   rows = _tap_outputs(x.shape[1], w.shape[0], rates[0], padding[0])
   cols = _tap_outputs(x.shape[2], w.shape[1], rates[1], padding[1])
   y = None
