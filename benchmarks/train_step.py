@@ -3,7 +3,7 @@ r"""Times deeplab_jax's training step: throughput, compile time, FLOPs, utilisat
   python benchmarks/train_step.py --config=configs/v3plus_voc.py:resnet101 \
       --config.train.batch_size=16 --config.model.dtype=bfloat16 --steps=20 [--peak_tflops=X]
 
-The step is the trainer's own (`train.make_train_step`, jitted with the same shardings over
+The step is the trainer's own (`steps.make_train_step`, jitted with the same shardings over
 `config.mesh`) on a random batch of `data.crop_size` crops, so the figure is the model's and
 the optimiser's, without the input pipeline (benchmarks/input_pipeline.py times that). Printed:
 one JSON object with
@@ -20,7 +20,8 @@ one JSON object with
 
 --peak_tflops: the accelerator's peak for the step's dtype, e.g. measured with
 `benchmarks/peak.py`. Data-set fields are not read (no data is loaded); data.name only fixes the
-class count.
+class count, and --num_classes fixes it without importing TensorFlow: with it the benchmark
+needs only JAX, flax, optax, absl and ml_collections (an accelerator image without TensorFlow).
 """
 
 import json
@@ -38,11 +39,10 @@ import jax
 import numpy as np
 from ml_collections import config_flags
 
-from deeplab_jax import data
 from deeplab_jax import host_memory
 from deeplab_jax import optim
 from deeplab_jax import sharding
-from deeplab_jax import train
+from deeplab_jax import steps
 from deeplab_jax.models import deeplab
 
 FLAGS = flags.FLAGS
@@ -69,29 +69,36 @@ def flops_of(compiled):
   return float(flops) if flops and flops > 0 else None
 
 
+def dataset_classes(name: str) -> int:
+  """The class count of data set `name` (21 where it depends on a folder). Imports the data
+  sets, and so TensorFlow: pass --num_classes where TensorFlow is not installed."""
+  from deeplab_jax import data  # pylint: disable=g-import-not-at-top
+  spec = data.DATASETS.get(name)
+  return spec.num_classes if spec and spec.num_classes else 21
+
+
 def setup(config, num_classes: int = 0) -> dict:
   """The trainer's jitted step for `config`, compiled, with a state and a random batch."""
-  train.validate_config(config)
+  steps.validate_config(config)
   mesh = sharding.make_mesh(config.mesh)
   batch_size = config.train.batch_size
   sharding.check_batch_size(mesh, batch_size, 'train.batch_size')
-  spec = data.DATASETS.get(config.data.name)
-  num_classes = num_classes or (spec.num_classes if spec and spec.num_classes else 21)
+  num_classes = num_classes or dataset_classes(config.data.name)
   model = deeplab.build_model(config.model, num_classes)
   schedule = optim.learning_rate_schedule(config.optim, config.train.num_steps)
   tx = optim.make_optimizer(config.optim, config.train.num_steps)
   rng = jax.random.key(config.seed)
-  init, _, state_shardings = train.create_train_state(model, tx, config, mesh, rng)
+  init, _, state_shardings = steps.create_train_state(model, tx, config, mesh, rng)
   state = init(rng)
   h, w = config.data.crop_size
   gen = np.random.default_rng(0)
   batch = sharding.to_global(mesh, {
       'image': gen.normal(size=(batch_size, h, w, 3)).astype(np.float32),
       'label': gen.integers(0, num_classes, (batch_size, h, w)).astype(np.int32)})
-  step_fn = jax.jit(train.make_train_step(model, tx, schedule, 255,
+  step_fn = jax.jit(steps.make_train_step(model, tx, schedule, 255,
                                          config.train.top_k_percent_pixels,
                                          config.train.hard_example_mining_step,
-                                         train.class_weights(config, num_classes)),
+                                         steps.class_weights(config, num_classes)),
                     in_shardings=(state_shardings, None, sharding.replicated(mesh)),
                     out_shardings=(state_shardings, sharding.replicated(mesh)),
                     donate_argnums=0)

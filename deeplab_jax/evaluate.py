@@ -19,7 +19,6 @@ from jax.experimental import multihost_utils
 
 from deeplab_jax import metrics
 from deeplab_jax import sharding
-from deeplab_jax.data import input_pipeline
 from deeplab_jax.errors import UserError
 from deeplab_jax.models import deeplab
 from deeplab_jax.models import layers
@@ -233,6 +232,9 @@ def panels(images, labels, predictions, dataset, mean, std) -> np.ndarray:
 
 def evaluate(config, state, eval_step, dataset, mesh, writer, workdir: str, step: int) -> Dict:
   """Evaluates `state` on `config.eval.split`; writes scalars, images and a line of evals.jsonl."""
+  # Imported here: the rest of this module (the eval model and step, the config checks that
+  # steps.validate_config runs) works without TensorFlow.
+  from deeplab_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
   split = config.eval.split
   batches, num_batches = input_pipeline.eval_batches(dataset, config, split)
   confusion = np.zeros((dataset.num_classes,) * 2, np.int64)

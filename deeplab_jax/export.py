@@ -36,7 +36,7 @@ from ml_collections import config_flags
 
 from deeplab_jax import evaluate
 from deeplab_jax import predict
-from deeplab_jax import train
+from deeplab_jax import steps
 from deeplab_jax.errors import UserError
 
 FORMATS = ('savedmodel', 'stablehlo')
@@ -113,7 +113,7 @@ def export_model(config, workdir: str, fmt: str, output: str, probabilities: boo
   """Exports the workdir's latest checkpoint; returns the artifact's path."""
   if fmt not in FORMATS:
     raise UserError(f'--format={fmt!r} is not one of {FORMATS}.')
-  train.validate_config(config)
+  steps.validate_config(config)
   check_exportable(config)
   num_classes = len(predict.class_info(config.data)[0])
   step, variables = predict.load_latest(config, workdir, num_classes, what='export')

@@ -33,7 +33,7 @@ from deeplab_jax import data
 from deeplab_jax import evaluate
 from deeplab_jax import optim
 from deeplab_jax import sharding
-from deeplab_jax import train
+from deeplab_jax import steps
 from deeplab_jax.data import base
 from deeplab_jax.data import cityscapes
 from deeplab_jax.data import folder
@@ -110,7 +110,7 @@ def load_latest(config, workdir: str, num_classes: int, what: str = 'predict wit
   mesh = sharding.make_mesh(config.mesh)
   trained = deeplab.build_model(config.model, num_classes)
   tx = optim.make_optimizer(config.optim, config.train.num_steps)
-  _, abstract, _ = train.create_train_state(trained, tx, config, mesh, jax.random.key(0))
+  _, abstract, _ = steps.create_train_state(trained, tx, config, mesh, jax.random.key(0))
   manager = checkpointing.make_manager(workdir, config.train.keep_checkpoints)
   step = manager.latest_step()
   if step is None:
@@ -123,7 +123,7 @@ class Predictor:
   """The latest checkpoint of a workdir, ready to label images of any size."""
 
   def __init__(self, config, workdir: str):
-    train.validate_config(config)
+    steps.validate_config(config)
     self.config = config
     self.class_names, self.colors = class_info(config.data)
     k = len(self.class_names)

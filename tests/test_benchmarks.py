@@ -1,6 +1,8 @@
 """The benchmark scripts run and report what benchmarks/RESULTS.md quotes (no timing targets)."""
 
+import json
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -27,6 +29,26 @@ def test_train_step_benchmark_reports_its_fields(cache_dir):
   assert result['peak_memory_bytes'] > 0 and result['num_classes'] == 5
   with pytest.raises(ValueError, match='steps=0'):
     train_step.benchmark(config, steps=0, warmup=0)
+
+
+def test_train_step_benchmark_needs_no_tensorflow(subprocess_env):
+  """The GPU image has JAX, flax and optax but no TensorFlow, TFDS or clu (too large to carry
+  there): the step benchmark, with --num_classes, must run without them."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  blocked = ('tensorflow', 'tensorflow_datasets', 'clu')
+  code = ('import runpy, sys\n'
+          f'sys.modules.update(dict.fromkeys({blocked!r}))\n'  # None: importing them fails
+          'sys.argv = ["train_step.py", "--config=configs/quickstart.py:smoke", '
+          '"--num_classes=5", "--steps=1", "--warmup=0"]\n'
+          'try:\n'
+          '  runpy.run_path("benchmarks/train_step.py", run_name="__main__")\n'
+          'except SystemExit as e:\n'  # absl's app.run ends with sys.exit
+          '  assert not e.code, e.code\n')
+  out = subprocess.run([sys.executable, '-c', code], cwd=root, env=subprocess_env(),
+                       capture_output=True, text=True, check=False, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  result = json.loads(out.stdout[out.stdout.index('{'):out.stdout.rindex('}') + 1])
+  assert result['num_classes'] == 5 and result['step_seconds'] > 0
 
 
 def test_input_pipeline_benchmark_counts_images(cache_dir):

@@ -14,7 +14,7 @@ import pytest
 from deeplab_jax import data
 from deeplab_jax import optim
 from deeplab_jax import sharding
-from deeplab_jax import train
+from deeplab_jax import steps
 from deeplab_jax.errors import UserError
 from deeplab_jax.models import deeplab
 
@@ -50,7 +50,7 @@ def test_every_config_file_is_listed():
 @pytest.mark.parametrize('name, arg', [(n, a) for n in CONFIGS for a in VARIANTS[n]])
 def test_config_builds(name, arg):
   config = _load(name, arg)
-  train.validate_config(config)
+  steps.validate_config(config)
   assert config.data.name in data.DATASETS
   optim.make_optimizer(config.optim, config.train.num_steps)
   model = deeplab.build_model(config.model, num_classes=19)
@@ -68,10 +68,10 @@ def test_tiny_variant_trains(name):
   tx = optim.make_optimizer(config.optim, config.train.num_steps)
   schedule = optim.learning_rate_schedule(config.optim, config.train.num_steps)
   mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
-  init, _, _ = train.create_train_state(model, tx, config, mesh, jax.random.key(0))
+  init, _, _ = steps.create_train_state(model, tx, config, mesh, jax.random.key(0))
   state = init(jax.random.key(0))
   start = jax.tree.map(np.asarray, state.params)
-  step = jax.jit(train.make_train_step(model, tx, schedule, ignore_label=255))
+  step = jax.jit(steps.make_train_step(model, tx, schedule, ignore_label=255))
   h, w = config.data.crop_size
   images = jax.random.normal(jax.random.key(1), (2, h, w, 3))
   labels = jax.random.randint(jax.random.key(2), (2, h, w), 0, num_classes)

@@ -13,6 +13,7 @@ import pytest
 from configs import quickstart
 from deeplab_jax import evaluate
 from deeplab_jax import metrics
+from deeplab_jax import steps
 from deeplab_jax import train
 from deeplab_jax.errors import UserError
 from deeplab_jax.models import deeplab
@@ -108,7 +109,7 @@ def test_os8_evaluation_of_an_os16_model_keeps_the_weights_and_doubles_the_rates
 ])
 def test_bad_eval_settings(changes, message):
   with pytest.raises(UserError) as info:
-    train.validate_config(tiny_config(**changes))
+    steps.validate_config(tiny_config(**changes))
   assert message in str(info.value)
 
 

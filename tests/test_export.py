@@ -12,7 +12,7 @@ from deeplab_jax import checkpointing
 from deeplab_jax import export
 from deeplab_jax import optim
 from deeplab_jax import predict
-from deeplab_jax import train
+from deeplab_jax import steps
 from deeplab_jax.errors import UserError
 from deeplab_jax.models import deeplab
 
@@ -30,7 +30,7 @@ def workdir(tmp_path_factory):
   variables = model.init({'params': jax.random.key(1), 'dropout': jax.random.key(1)},
                          jnp.zeros((1, h, w, 3)), train=False)
   rng = np.random.default_rng(0)
-  state = train.TrainState(
+  state = steps.TrainState(
       step=jnp.zeros((), jnp.int32), params=variables['params'],
       batch_stats=jax.tree.map(lambda x: x + rng.uniform(0.0, 0.5, x.shape).astype(x.dtype),
                                variables['batch_stats']),

@@ -8,7 +8,7 @@ import pytest
 
 from configs import quickstart
 from deeplab_jax import losses
-from deeplab_jax import train
+from deeplab_jax import steps
 from deeplab_jax.errors import UserError
 
 
@@ -95,7 +95,7 @@ def test_bad_mining_settings_are_named(field, value, message):
   config = quickstart.get_config('smoke')
   config.train[field] = value
   with pytest.raises(UserError, match=message):
-    train.validate_config(config)
+    steps.validate_config(config)
 
 
 WEIGHTS = (0.5, 2.0, 0.0, 3.0)
@@ -150,13 +150,13 @@ def test_bad_class_weights_are_named(weights, message):
   config = quickstart.get_config('smoke')
   config.train.class_weights = weights
   with pytest.raises(UserError, match=message):
-    train.validate_config(config)
+    steps.validate_config(config)
 
 
 def test_class_weights_need_one_per_class():
   config = quickstart.get_config('smoke')
   config.train.class_weights = (1.0, 2.0)
   with pytest.raises(UserError, match='has 2 weights; the data set has 5 classes'):
-    train.class_weights(config, 5)
+    steps.class_weights(config, 5)
   config.train.class_weights = ()
-  assert train.class_weights(config, 5) is None
+  assert steps.class_weights(config, 5) is None

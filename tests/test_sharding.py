@@ -8,7 +8,7 @@ import pytest
 from configs import quickstart
 from deeplab_jax import optim
 from deeplab_jax import sharding
-from deeplab_jax import train
+from deeplab_jax import steps
 from deeplab_jax.errors import UserError
 from deeplab_jax.models import deeplab
 
@@ -21,9 +21,9 @@ def one_step(mesh_config, devices):
   schedule = optim.learning_rate_schedule(config.optim, config.train.num_steps)
   tx = optim.make_optimizer(config.optim, config.train.num_steps)
   rng = jax.random.key(0)
-  init, _, shardings = train.create_train_state(model, tx, config, mesh, rng)
+  init, _, shardings = steps.create_train_state(model, tx, config, mesh, rng)
   state = init(rng)
-  step = jax.jit(train.make_train_step(model, tx, schedule, ignore_label=255),
+  step = jax.jit(steps.make_train_step(model, tx, schedule, ignore_label=255),
                  in_shardings=(shardings, None, sharding.replicated(mesh)))
   data_rng = np.random.default_rng(0)
   batch = {'image': data_rng.normal(size=(8, 48, 48, 3)).astype(np.float32),

@@ -14,6 +14,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import quickstart
+from deeplab_jax import steps
 from deeplab_jax import train
 from deeplab_jax.data import input_pipeline
 from deeplab_jax.errors import UserError
@@ -182,7 +183,7 @@ def test_unknown_field_in_a_config_file_is_named():
     config.unlock()
     config.data.nmae = 'camvid'
   with pytest.raises(UserError, match="unknown config field 'data.nmae'; did you mean 'data.name'"):
-    train.validate_config(config)
+    steps.validate_config(config)
 
 
 def test_evaluation_with_the_dense_crf(tmp_path, cache_dir, two_steps):

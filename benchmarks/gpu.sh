@@ -1,0 +1,64 @@
+#!/bin/bash
+# The GPU rows of benchmarks/RESULTS.md in one run: measured bf16 peak, the v3+ ResNet-101
+# OS16 513² batch-16 bf16 step with its utilisation, and deeplabv3 ResNet-101 against
+# torchvision's best (bf16 autocast, channels_last, torch.compile) at the same settings.
+#
+#   bash benchmarks/gpu.sh OUTDIR        # about 6-8 minutes on one H100 or H200
+#
+# Each result is a JSON file in OUTDIR (peak.json, v3plus_r101.json, compare_r101.json) and
+# the whole log is OUTDIR/log.txt. It needs JAX with a GPU backend, flax, optax, absl,
+# ml_collections, and torch + torchvision for the comparison; not TensorFlow (the step
+# benchmark runs on a random batch). On a machine that lacks ml_collections and cannot reach
+# a package index, fetch its wheel where pip works, into .whl/ (ignored by git):
+#
+#   python3 -m pip download --no-deps --only-binary=:all: -d .whl ml_collections==1.1.0
+#
+# and this script installs what .whl/ holds into a private folder before it starts.
+# CROP, BATCH, STEPS, OS, MODEL_DTYPE and PEAK_SIZE override the settings (a CPU dry run:
+# CROP=65 BATCH=2 STEPS=1 MODEL_DTYPE=float32 PEAK_SIZE=512 bash benchmarks/gpu.sh /tmp/dry).
+set -u -o pipefail
+out=${1:?usage: bash benchmarks/gpu.sh OUTDIR}
+crop=${CROP:-513}
+batch=${BATCH:-16}
+steps=${STEPS:-20}
+os=${OS:-16}
+dtype=${MODEL_DTYPE:-bfloat16}
+python=${PYTHON:-python3}
+cd "$(dirname "$0")/.." || exit 1
+mkdir -p "$out"
+exec > >(tee "$out/log.txt") 2>&1
+export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=3
+if compgen -G '.whl/*.whl' > /dev/null; then
+  $python -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/deeplab_jax_site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/deeplab_jax_site${PYTHONPATH:+:$PYTHONPATH}
+fi
+date -u
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>/dev/null
+$python - <<'EOF' || exit 1
+import flax, jax, optax, ml_collections
+print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__,
+      jax.devices())
+EOF
+
+run() {  # run NAME COMMAND...: the command's last JSON object goes to OUTDIR/NAME.json
+  local name=$1; shift
+  echo "== $name: $*"
+  local start=$SECONDS
+  "$@" > "$out/$name.stdout" || { echo "== $name failed"; cat "$out/$name.stdout"; return 1; }
+  $python -c "import sys; t = sys.stdin.read(); print(t[t.index('{'):t.rindex('}') + 1])" \
+    < "$out/$name.stdout" > "$out/$name.json" && rm "$out/$name.stdout"
+  cat "$out/$name.json"
+  echo "== $name took $((SECONDS - start)) s"
+}
+
+run peak $python benchmarks/peak.py --dtype=bfloat16 --size="${PEAK_SIZE:-8192}"
+peak=$($python -c "import json, sys; print(json.load(open(sys.argv[1]))['peak_tflops'])" \
+  "$out/peak.json") || peak=0
+run v3plus_r101 $python benchmarks/train_step.py --config=configs/v3plus_voc.py:resnet101 \
+  --config.train.batch_size="$batch" --config.model.dtype="$dtype" \
+  --config.model.output_stride="$os" --config.data.crop_size="($crop,$crop)" \
+  --num_classes=21 --steps="$steps" --warmup=3 --peak_tflops="$peak"
+run compare_r101 $python benchmarks/compare_torch.py --model=resnet101 --crop="$crop" \
+  --batch="$batch" --output_stride="$os" --dtype="$dtype" --steps="$steps" --warmup=3
+date -u

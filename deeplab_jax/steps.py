@@ -1,0 +1,137 @@
+"""The train state, the config checks and the training step: what a step needs, no tf.data.
+
+`train.py` runs the loop around these (input pipeline, checkpoints, metric writers);
+`benchmarks/train_step.py` times the same step on a random batch. Nothing here imports
+TensorFlow or clu, so the step runs where only JAX, flax, optax and ml_collections are
+installed (an accelerator image without TensorFlow, say).
+"""
+
+import difflib
+import math
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from configs import common
+from deeplab_jax import evaluate as evaluate_lib
+from deeplab_jax import losses
+from deeplab_jax import sharding
+from deeplab_jax.errors import UserError
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+
+# --------------------------------------------------------------------------- config checks
+
+
+def _flat_keys(config, prefix=''):
+  keys = set()
+  for k, v in config.items():
+    if hasattr(v, 'items'):
+      keys |= _flat_keys(v, f'{prefix}{k}.')
+    keys.add(f'{prefix}{k}')
+  return keys
+
+
+def validate_config(config) -> None:
+  """One-line errors for unknown fields and impossible settings, before anything is built."""
+  known = _flat_keys(common.get_base_config())
+  for key in sorted(_flat_keys(config) - known):
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f'; did you mean {close[0]!r}?' if close else ''
+    raise UserError(f'unknown config field {key!r}{hint}')
+  stride = config.model.output_stride
+  for field, size in (('data.crop_size', config.data.crop_size),
+                      ('eval.image_size', config.eval.image_size)):
+    if len(size) != 2 or min(size) < stride:
+      raise UserError(f'{field}={tuple(size)} is smaller than model.output_stride={stride}; '
+                      f'each side must be at least {stride}.')
+  if not 0 < config.data.min_scale <= config.data.max_scale:
+    raise UserError(f'data.min_scale={config.data.min_scale}, data.max_scale='
+                    f'{config.data.max_scale}: need 0 < min_scale <= max_scale.')
+  evaluate_lib.check_eval_config(config)
+  if config.train.num_steps < 1:
+    raise UserError(f'train.num_steps={config.train.num_steps} must be at least 1.')
+  if not 0 < config.train.top_k_percent_pixels <= 1:
+    raise UserError(f'train.top_k_percent_pixels={config.train.top_k_percent_pixels} must be '
+                    'in (0, 1]; 1 keeps every pixel.')
+  if config.train.hard_example_mining_step < 0:
+    raise UserError(f'train.hard_example_mining_step={config.train.hard_example_mining_step} '
+                    'must be >= 0.')
+  weights = tuple(config.train.class_weights)
+  if weights and (not all(math.isfinite(w) and w >= 0 for w in weights) or max(weights) <= 0):
+    raise UserError(f'train.class_weights={weights} must be finite and >= 0, at least one > 0 '
+                    '(or () for none).')
+
+
+def class_weights(config, num_classes: int):
+  """config.train.class_weights as a tuple, None when empty; checks there is one per class."""
+  weights = tuple(float(w) for w in config.train.class_weights)
+  if not weights:
+    return None
+  if len(weights) != num_classes:
+    raise UserError(f'train.class_weights has {len(weights)} weights; the data set has '
+                    f'{num_classes} classes, one weight each.')
+  return weights
+
+
+# --------------------------------------------------------------------------- state and steps
+
+
+def create_train_state(model, tx, config, mesh, rng):
+  """Initialises the state straight into its (replicated) sharding; returns (state, abstract)."""
+  h, w = config.data.crop_size
+
+  def init(rng):
+    variables = model.init({'params': rng, 'dropout': rng}, jnp.zeros((1, h, w, 3)), train=False)
+    params = variables['params']
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(params))
+
+  shapes = jax.eval_shape(init, rng)
+  shardings = jax.tree.map(lambda _: sharding.replicated(mesh), shapes)
+  abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                          shapes, shardings)
+  return jax.jit(init, out_shardings=shardings), abstract, shardings
+
+
+def make_train_step(model, tx, schedule, ignore_label: int, top_k_percent_pixels: float = 1.0,
+                    hard_example_mining_step: int = 0, class_weights=None):
+  """One SGD step on a global batch; BatchNorm statistics are over the whole global batch.
+  top_k_percent_pixels < 1: online hard example mining (see losses.hard_pixel_fraction);
+  class_weights: a loss weight per class (see losses.pixel_cross_entropy), None for none."""
+  def train_step(state, batch, rng):
+    dropout_rng = jax.random.fold_in(rng, state.step)
+    fraction = losses.hard_pixel_fraction(state.step, top_k_percent_pixels,
+                                          hard_example_mining_step)
+
+    def loss_fn(params):
+      (logits, extra), updates = model.apply(
+          {'params': params, 'batch_stats': state.batch_stats}, batch['image'], train=True,
+          return_aux=True, mutable=['batch_stats'], rngs={'dropout': dropout_rng})
+      loss, count = losses.pixel_cross_entropy(logits, batch['label'], ignore_label, fraction,
+                                               class_weights)
+      # Extra losses: each input scale of a multi-scale model (v2), an auxiliary head.
+      for _, extra_logits, weight in extra:
+        loss = loss + weight * losses.pixel_cross_entropy(
+            extra_logits, batch['label'], ignore_label, fraction, class_weights)[0]
+      return loss, (updates.get('batch_stats', {}), count)
+
+    (loss, (batch_stats, count)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                              batch_stats=batch_stats, opt_state=opt_state)
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in
+                                jax.tree.leaves((new_state.params, new_state.batch_stats))]))
+    return new_state, {'loss': loss, 'grad_norm': optax.tree.norm(grads), 'state_finite': finite,
+                       'learning_rate': schedule(state.step), 'labelled_pixels': count}
+  return train_step
