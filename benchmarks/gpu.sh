@@ -3,7 +3,7 @@
 # OS16 513² batch-16 bf16 step with its utilisation, and deeplabv3 ResNet-101 against
 # torchvision's best (bf16 autocast, channels_last, torch.compile) at the same settings.
 #
-#   bash benchmarks/gpu.sh OUTDIR        # about 6-8 minutes on one H100 or H200
+#   bash benchmarks/gpu.sh OUTDIR        # an estimated 6-8 minutes on one H100 or H200
 #
 # Each result is a JSON file in OUTDIR (peak.json, v3plus_r101.json, compare_r101.json) and
 # the whole log is OUTDIR/log.txt. It needs JAX with a GPU backend, flax, optax, absl,
@@ -16,6 +16,7 @@
 # and this script installs what .whl/ holds into a private folder before it starts.
 # CROP, BATCH, STEPS, OS, MODEL_DTYPE and PEAK_SIZE override the settings (a CPU dry run:
 # CROP=65 BATCH=2 STEPS=1 MODEL_DTYPE=float32 PEAK_SIZE=512 bash benchmarks/gpu.sh /tmp/dry).
+# It exits non-zero when any step fails or prints no JSON object; the other steps still run.
 set -u -o pipefail
 out=${1:?usage: bash benchmarks/gpu.sh OUTDIR}
 crop=${CROP:-513}
@@ -24,37 +25,48 @@ steps=${STEPS:-20}
 os=${OS:-16}
 dtype=${MODEL_DTYPE:-bfloat16}
 python=${PYTHON:-python3}
+mkdir -p "$out" && out=$(cd "$out" && pwd) || exit 1
 cd "$(dirname "$0")/.." || exit 1
-mkdir -p "$out"
 exec > >(tee "$out/log.txt") 2>&1
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=3
 if compgen -G '.whl/*.whl' > /dev/null; then
-  $python -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/deeplab_jax_site .whl/*.whl || exit 1
+  if ! $python -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/deeplab_jax_site .whl/*.whl; then
+    echo "pip failed: the wheels go on PYTHONPATH as they are (pure-Python ones import so)"
+    for whl in "$PWD"/.whl/*.whl; do PYTHONPATH=$whl${PYTHONPATH:+:$PYTHONPATH}; done
+  fi
   export PYTHONPATH=/tmp/deeplab_jax_site${PYTHONPATH:+:$PYTHONPATH}
 fi
 date -u
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>/dev/null
-$python - <<'EOF' || exit 1
-import flax, jax, optax, ml_collections
-print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__,
-      jax.devices())
-EOF
+# Everything the step needs (TensorFlow is not among it), imported before any time is spent.
+$python -c 'import flax, jax, optax, deeplab_jax.steps
+print("jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version__, jax.devices())
+' || exit 1
 
-run() {  # run NAME COMMAND...: the command's last JSON object goes to OUTDIR/NAME.json
-  local name=$1; shift
+failed=0
+run() {  # run NAME COMMAND...: the last JSON object the command prints goes to OUTDIR/NAME.json
+  local name=$1 start=$SECONDS
+  shift
   echo "== $name: $*"
-  local start=$SECONDS
-  "$@" > "$out/$name.stdout" || { echo "== $name failed"; cat "$out/$name.stdout"; return 1; }
-  $python -c "import sys; t = sys.stdin.read(); print(t[t.index('{'):t.rindex('}') + 1])" \
-    < "$out/$name.stdout" > "$out/$name.json" && rm "$out/$name.stdout"
-  cat "$out/$name.json"
+  if ! "$@" > "$out/$name.stdout"; then
+    echo "== $name failed"; cat "$out/$name.stdout"; failed=1; return 1
+  fi
+  if ! $python -c 'import json, sys
+text = sys.stdin.read()
+start = text.rfind("\n{") + 1  # the last object printed from the start of a line
+json.dump(json.loads(text[start:]), sys.stdout, indent=1)
+' < "$out/$name.stdout" > "$out/$name.json"; then
+    echo "== $name printed no JSON object"; cat "$out/$name.stdout"; failed=1; return 1
+  fi
+  rm "$out/$name.stdout"
+  cat "$out/$name.json"; echo
   echo "== $name took $((SECONDS - start)) s"
 }
 
 run peak $python benchmarks/peak.py --dtype=bfloat16 --size="${PEAK_SIZE:-8192}"
-peak=$($python -c "import json, sys; print(json.load(open(sys.argv[1]))['peak_tflops'])" \
-  "$out/peak.json") || peak=0
+peak=$($python -c 'import json, sys; print(json.load(open(sys.argv[1]))["peak_tflops"])' \
+  "$out/peak.json" 2>/dev/null) || peak=0  # 0: utilisation left null
 run v3plus_r101 $python benchmarks/train_step.py --config=configs/v3plus_voc.py:resnet101 \
   --config.train.batch_size="$batch" --config.model.dtype="$dtype" \
   --config.model.output_stride="$os" --config.data.crop_size="($crop,$crop)" \
@@ -62,3 +74,4 @@ run v3plus_r101 $python benchmarks/train_step.py --config=configs/v3plus_voc.py:
 run compare_r101 $python benchmarks/compare_torch.py --model=resnet101 --crop="$crop" \
   --batch="$batch" --output_stride="$os" --dtype="$dtype" --steps="$steps" --warmup=3
 date -u
+exit $failed
