@@ -32,8 +32,9 @@ def test_train_step_benchmark_reports_its_fields(cache_dir):
 
 
 def test_train_step_benchmark_needs_no_tensorflow(subprocess_env):
-  """The GPU image has JAX, flax and optax but no TensorFlow, TFDS or clu (too large to carry
-  there): the step benchmark, with --num_classes, must run without them."""
+  """The lent GPU machine has JAX, flax and optax but no TensorFlow, TFDS or clu, and
+  TensorFlow is too large to carry there: the step benchmark, with --num_classes, must run
+  without them."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   blocked = ('tensorflow', 'tensorflow_datasets', 'clu')
   code = ('import runpy, sys\n'
