@@ -15,10 +15,14 @@ unpickling; needs torch), `.safetensors` files with the `safetensors` package (n
 tf: checkpoints of the public DeepLab code and TF-slim, read with `tf.train.load_checkpoint`
 by their variable names (an ImageNet backbone's `logits`, `global_step` and optimizer slots
 are dropped): the model zoo's DeepLabv3+ Xception-65 models (VOC, Cityscapes, ADE20K) and its
-ImageNet Xception-65 and `resnet_v1_101_beta`, and slim's `resnet_v1_50/101`. Build the config
-in the TF code's form: the `tf_zoo` variant of configs/v3plus_*.py (`common.use_tf_zoo`:
-pre-activation Xception modules, corner-aligned resizes, inputs scaled to [-1, 1]); a
-ResNet needs `model.backbone.layout='tfslim'` (and `beta_stem` for beta checkpoints). The
+ImageNet Xception-65 and `resnet_v1_101_beta`, slim's `resnet_v1_50/101`, and the DeepLabv3+
+checkpoints the DeepLab code writes for `resnet_v1_101_beta` (plain or separable ASPP and
+decoder: configs/v3plus_voc.py:resnet101,tf_zoo, with model.aspp.separable and
+model.decoder.separable as trained). Build the config in the TF code's form: the `tf_zoo`
+variant of configs/v3plus_*.py (`common.use_tf_zoo`: pre-activation Xception modules,
+corner-aligned resizes, inputs scaled to [-1, 1]); a ResNet needs
+`model.backbone.layout='tfslim'` (and `beta_stem` for beta checkpoints), whose v3+ decoder
+reads block1's unit-2 conv3 before the shortcut add, as the TF code does. The
 zoo's ADE20K model has 151 outputs, the first for the ignored 'other': `--drop_first_class`
 leaves our 150. MobileNet checkpoints are not converted (docs/tf_zoo_notes.md).
 
@@ -217,8 +221,10 @@ _TF_MODULES = [
     (r'aspp(\d)_(depthwise|pointwise)', '{1}', 'aspp/atrous{0}'),
     (r'concat_projection', 'conv', 'aspp/projection'),
     (r'decoder/feature_projection0', 'conv', 'decoder/low_level_projection'),
-    (r'decoder/decoder_conv(\d)', 'conv', 'decoder/conv{0+}'),
-    (r'decoder/decoder_conv(\d)_(depthwise|pointwise)', '{1}', 'decoder/conv{0+}'),
+    # The plain decoder's two 3x3 convs come from slim.repeat(..., 2, scope='decoder_conv0'),
+    # which names them decoder_conv0/decoder_conv0_1 and _2; the separable ones are split.
+    (r'decoder/decoder_conv0/decoder_conv0_([12])', 'conv', 'decoder/conv{0}'),
+    (r'decoder/decoder_conv([01])_(depthwise|pointwise)', '{1}', 'decoder/conv{0+}'),
     (r'logits/semantic', 'logits', 'classifier'),
 ]
 _BN = {'BatchNorm/gamma': 'params/{}/scale', 'BatchNorm/beta': 'params/{}/bias',
@@ -266,9 +272,9 @@ def from_tf(state: Dict[str, np.ndarray]) -> Tuple[Dict[str, np.ndarray], dict, 
 
   Backbones: ResNet v1 and v1 beta, Xception-65/71 (build the config with
   `common.use_tf_zoo`: the TF Xception's pre-activation modules). Heads: DeepLab's ASPP (plain
-  or separable, with image pooling), v3+ decoder and `logits/semantic`. TF concatenates the
-  ASPP branches as [image pooling, 1x1, atrous...]; we put image pooling last, so the
-  projection's input rows are rotated to match."""
+  or separable, with image pooling), v3+ decoder (plain or separable) and `logits/semantic`.
+  TF concatenates the ASPP branches as [image pooling, 1x1, atrous...]; we put image pooling
+  last, so the projection's input rows are rotated to match."""
   out, origin, dropped = {}, {}, []
   for name, value in state.items():
     if _TF_DROPPED.search(name):
