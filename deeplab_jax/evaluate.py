@@ -1,125 +1,39 @@
-"""Whole-split evaluation: confusion matrix over every example, mIoU, and prediction panels.
+"""Whole-split evaluation: confusion matrices over every example and host, mIoU, prediction
+panels, and WORKDIR/evals.jsonl (one line per evaluation, rewritten atomically).
 
-Inference follows config.eval: whole (padded) images or sliding windows, any set of input
-scales with or without left-right flips (logits averaged), at the trained output stride or
-another one (OS8 for a model trained at OS16), and optionally the dense CRF of DeepLab v1/v2
-(config.eval.crf) on the full-resolution probabilities.
+Inference (output stride, sliding windows, scales, flips and how passes are averaged) is
+deeplab_jax/inference.py's; the dense CRF of DeepLab v1/v2 (config.eval.crf) runs on the
+host on its full-resolution log-probabilities. On a mesh with a `spatial` axis each eval
+batch is padded at the bottom to sharding.padded_height: the padded rows carry the ignore
+label, so they count in no metric.
 """
 
-import copy
 import json
-import math
-from typing import Callable, Dict
+import uuid
+from typing import Callable, Dict, List, Tuple
 
+from absl import logging
 from etils import epath
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
+from deeplab_jax import inference
 from deeplab_jax import metrics
 from deeplab_jax import sharding
 from deeplab_jax.errors import UserError
-from deeplab_jax.models import deeplab
-from deeplab_jax.models import layers
 from deeplab_jax.postprocess import dense_crf
 
-
+EVALS_FILE = 'evals.jsonl'
 EVAL_MODES = ('whole', 'sliding')
-
-
-def build_eval_model(config, num_classes: int):
-  """The model evaluation runs: the trained one, or the same weights at eval.output_stride.
-
-  Evaluating an OS16 model at OS8 (v3 paper, section 4.1) removes one more stride and doubles
-  every rate after it, the context module's included, so each filter still sees the same
-  image area; the parameters are unchanged.
-  """
-  c = config.model
-  eval_stride = config.eval.output_stride or c.output_stride
-  if eval_stride not in deeplab.OUTPUT_STRIDES:
-    raise UserError(f'eval.output_stride={eval_stride} is not one of {deeplab.OUTPUT_STRIDES} '
-                    '(or 0: the model\'s own).')
-  if eval_stride == c.output_stride:
-    return deeplab.build_model(c, num_classes)
-  c = copy.deepcopy(c)
-  factor = c.output_stride / eval_stride
-
-  def rescale(rates, field):
-    scaled = tuple(r * factor for r in rates)
-    if any(r != int(r) or r < 1 for r in scaled):
-      raise UserError(f'eval.output_stride={eval_stride} with model.output_stride='
-                      f'{c.output_stride} turns {field}={tuple(rates)} into {scaled}; rates '
-                      'must stay whole numbers.')
-    return tuple(int(r) for r in scaled)
-
-  c.output_stride = eval_stride
-  c.aspp.atrous_rates = rescale(c.aspp.atrous_rates, 'model.aspp.atrous_rates')
-  c.context_module.atrous_rates = rescale(c.context_module.atrous_rates,
-                                          'model.context_module.atrous_rates')
-  if c.backbone.name == 'vgg16':
-    c.backbone.fc6_rate = rescale((c.backbone.fc6_rate,), 'model.backbone.fc6_rate')[0]
-  return deeplab.build_model(c, num_classes)
-
-
-def _starts(size: int, window: int, stride: int):
-  """Window offsets that cover [0, size): a regular grid plus one flush with the end."""
-  if size <= window:
-    return [0]
-  return sorted(set(range(0, size - window, stride)) | {size - window})
-
-
-def sliding_window_logits(apply_fn, images, window, overlap: float):
-  """Logits of overlapping windows (all run as one batch), averaged where they overlap."""
-  b, h, w, _ = images.shape
-  wh, ww = min(window[0], h), min(window[1], w)
-  stride_h = max(1, int(math.ceil(wh * (1 - overlap))))
-  stride_w = max(1, int(math.ceil(ww * (1 - overlap))))
-  offsets = [(t, l) for t in _starts(h, wh, stride_h) for l in _starts(w, ww, stride_w)]
-  windows = jnp.concatenate([images[:, t:t + wh, l:l + ww] for t, l in offsets], axis=0)
-  logits = apply_fn(windows).reshape(len(offsets), b, wh, ww, -1)
-  total = jnp.zeros((b, h, w, logits.shape[-1]), jnp.float32)
-  count = jnp.zeros((1, h, w, 1), jnp.float32)
-  for i, (t, l) in enumerate(offsets):
-    total = total.at[:, t:t + wh, l:l + ww].add(logits[i])
-    count = count.at[:, t:t + wh, l:l + ww].add(1.0)
-  return total / count
-
-
-def predict_logits(model, variables, images, config):
-  """Float32 logits at the images' size under config.eval's protocol.
-
-  Each of eval.scales (times eval.input_scale) resizes the image; eval.flip adds the
-  left-right mirror of each; eval.mode 'sliding' runs windows of eval.window_size (default
-  data.crop_size) with eval.window_overlap. The logits of all passes, resized to the image,
-  are averaged.
-  """
-  e = config.eval
-  size = images.shape[1:3]
-  window = tuple(e.window_size) or tuple(config.data.crop_size)
-  apply_fn = lambda x: model.apply(variables, x, train=False)
-  total, passes = 0.0, 0
-  for scale in e.scales:
-    s = scale * e.input_scale
-    scaled = images if s == 1.0 else layers.resize_bilinear(
-        images, tuple(max(1, round(d * s)) for d in size))
-    for flip in ((False, True) if e.flip else (False,)):
-      x = scaled[:, :, ::-1] if flip else scaled
-      if e.mode == 'sliding':
-        logits = sliding_window_logits(apply_fn, x, window, e.window_overlap)
-      else:
-        logits = apply_fn(x)
-      logits = logits[:, :, ::-1] if flip else logits
-      total = total + layers.resize_bilinear(logits, size)
-      passes += 1
-  return total / passes
 
 
 def make_eval_step(model, num_classes: int, config) -> Callable:
   """(state, batch) -> (confusion [K, K], predictions [B, H, W]) at the label's full size."""
   def eval_step(state, batch):
     variables = {'params': state.params, 'batch_stats': state.batch_stats}
-    predictions = jnp.argmax(predict_logits(model, variables, batch['image'], config), axis=-1)
+    predictions = inference.predict_labels(model, variables, batch['image'], config)
     weights = jnp.broadcast_to(batch['mask'][:, None, None], batch['label'].shape)
     return metrics.confusion_matrix(batch['label'], predictions, num_classes, weights), predictions
   return eval_step
@@ -149,9 +63,9 @@ def make_eval_fn(model, num_classes: int, config, mesh) -> Callable:
     return step
   whole_rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
   log_probs_fn = jax.jit(
-      lambda state, batch: jax.nn.log_softmax(predict_logits(
+      lambda state, batch: inference.predict_log_probs(
           model, {'params': state.params, 'batch_stats': state.batch_stats}, batch['image'],
-          config), axis=-1), out_shardings=whole_rows)
+          config), out_shardings=whole_rows)
   gather_rows = jax.jit(lambda x: x, out_shardings=whole_rows)
   spec = jax.sharding.PartitionSpec('data')
   params = crf_params(config.eval.crf)
@@ -177,7 +91,9 @@ def make_eval_fn(model, num_classes: int, config, mesh) -> Callable:
 
 
 def protocol(config) -> str:
-  """The evaluation protocol in words, kept with each line of evals.jsonl."""
+  """The evaluation protocol in words, kept with each line of evals.jsonl (and how resume tells
+  whether a step is evaluated). With several passes it names their averaging (avg=probs or
+  avg=logits); one pass has nothing to average, and its words are those of older lines."""
   e = config.eval
   words = [e.mode]
   if e.mode == 'sliding':
@@ -186,6 +102,8 @@ def protocol(config) -> str:
   words.append(f'scales={",".join(str(s) for s in e.scales)}')
   if e.flip:
     words.append('flip')
+  if inference.num_passes(e) > 1:
+    words.append('avg=probs' if e.average == 'probabilities' else 'avg=logits')
   words.append(f'os={e.output_stride or config.model.output_stride}')
   if e.crf.enabled:
     words.append('crf(' + ','.join(f'{k}={v:g}' for k, v in crf_params(e.crf).items()) + ')')
@@ -204,6 +122,10 @@ def check_eval_config(config) -> None:
   window = tuple(e.window_size) or tuple(config.data.crop_size)
   if len(window) != 2 or min(window) < 1:
     raise UserError(f'eval.window_size={tuple(e.window_size)} must be (height, width).')
+  inference.check_config(config)
+  multiple = config.data.pad_height_multiple
+  if int(multiple) != multiple or multiple < 1:
+    raise UserError(f'data.pad_height_multiple={multiple} must be an integer >= 1.')
   crf = e.crf
   for name in ('s_alpha', 's_beta', 's_gamma'):
     if not crf[name] > 0:
@@ -237,16 +159,20 @@ def evaluate(config, state, eval_step, dataset, mesh, writer, workdir: str, step
   from deeplab_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
   split = config.eval.split
   batches, num_batches = input_pipeline.eval_batches(dataset, config, split)
+  height = sharding.padded_height(config.eval.image_size[0], mesh,
+                                  config.data.pad_height_multiple)
   confusion = np.zeros((dataset.num_classes,) * 2, np.int64)
   images_to_write = None
   for i, local in enumerate(batches):
-    cm, predictions = eval_step(state, sharding.to_global(mesh, local))
+    padded = sharding.pad_height(local, height, dataset.ignore_label)
+    cm, predictions = eval_step(state, sharding.to_global(mesh, padded))
     confusion += np.asarray(jax.device_get(cm), np.int64)
     if i == 0 and config.eval.num_images_to_write:
       # Process 0's rows come first in the global batch.
       predictions = multihost_utils.process_allgather(predictions, tiled=True)
       n = min(config.eval.num_images_to_write, int(local['mask'].sum()))
-      images_to_write = panels(local['image'][:n], local['label'][:n], predictions[:n],
+      h = local['label'].shape[1]
+      images_to_write = panels(local['image'][:n], local['label'][:n], predictions[:n, :h],
                                dataset, config.data.mean, config.data.std)
   assert i + 1 == num_batches, (i, num_batches)
   # The confusion matrix (rows: ground truth, columns: prediction, in pixels) goes into the
@@ -260,10 +186,7 @@ def evaluate(config, state, eval_step, dataset, mesh, writer, workdir: str, step
   if images_to_write is not None and len(images_to_write):
     writer.write_images(step, {f'{split}/input_truth_prediction': images_to_write})
   if jax.process_index() == 0:
-    path = epath.Path(workdir) / 'evals.jsonl'
-    previous = path.read_text() if path.exists() else ''
-    # Rewritten whole rather than appended: object stores (gs://) cannot append.
-    path.write_text(previous + json.dumps(_nan_to_none(result)) + '\n')
+    append_evaluation(workdir, result)
   return result
 
 
@@ -273,14 +196,50 @@ def _nan_to_none(x):
   return None if isinstance(x, float) and np.isnan(x) else x
 
 
+def read_evaluations(workdir: str) -> List[Tuple[str, Dict]]:
+  """(line, row) of each readable line of WORKDIR/evals.jsonl, in order; [] without the file.
+
+  A line that is not a JSON object with a step (one cut short by a kill mid-write, under an
+  older version that wrote in place) is skipped with a warning rather than stopping resume.
+  """
+  path = epath.Path(workdir) / EVALS_FILE
+  if not path.exists():
+    return []
+  rows = []
+  for number, line in enumerate(path.read_text().splitlines(), start=1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError as e:
+      logging.warning('%s line %d is damaged (%s); skipping it.', path, number, e)
+      continue
+    if not isinstance(row, dict) or 'step' not in row:
+      logging.warning('%s line %d is not an evaluation; skipping it.', path, number)
+      continue
+    rows.append((line, row))
+  return rows
+
+
+def append_evaluation(workdir: str, result: Dict) -> None:
+  """Adds `result` as a line of WORKDIR/evals.jsonl, keeping the readable lines before it.
+
+  The file is rewritten whole, as object stores (gs://) cannot append, and atomically: a temp
+  file in the same folder replaces it, so a kill leaves the old file or the new one.
+  """
+  path = epath.Path(workdir) / EVALS_FILE
+  lines = [line for line, _ in read_evaluations(workdir)]
+  lines.append(json.dumps(_nan_to_none(result)))
+  temp = path.parent / f'.{EVALS_FILE}.{uuid.uuid4().hex}.tmp'
+  temp.write_text('\n'.join(lines) + '\n')
+  temp.replace(path)
+
+
 def is_evaluated(workdir: str, config, step: int) -> bool:
   """Whether WORKDIR/evals.jsonl has `step` on config.eval.split under the config's protocol;
   process 0 decides for every host."""
   found = False
   if jax.process_index() == 0:
-    path = epath.Path(workdir) / 'evals.jsonl'
-    if path.exists():
-      rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-      found = any(r['step'] == step and r.get('split') == config.eval.split
-                  and r.get('protocol') == protocol(config) for r in rows)
+    found = any(r['step'] == step and r.get('split') == config.eval.split
+                and r.get('protocol') == protocol(config) for _, r in read_evaluations(workdir))
   return bool(multihost_utils.broadcast_one_to_all(np.asarray(found)))

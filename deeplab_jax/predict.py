@@ -31,6 +31,7 @@ from PIL import Image
 from deeplab_jax import checkpointing
 from deeplab_jax import data
 from deeplab_jax import evaluate
+from deeplab_jax import inference
 from deeplab_jax import optim
 from deeplab_jax import sharding
 from deeplab_jax import steps
@@ -128,9 +129,9 @@ class Predictor:
     self.class_names, self.colors = class_info(config.data)
     k = len(self.class_names)
     self.step, self.variables = load_latest(config, workdir, k)
-    model = evaluate.build_eval_model(config, k)
-    self._log_probs = jax.jit(lambda v, x: jax.nn.log_softmax(
-        evaluate.predict_logits(model, v, x, config), axis=-1))
+    model = inference.build_eval_model(config, k)
+    self._log_probs = jax.jit(
+        lambda v, x: inference.predict_log_probs(model, v, x, config))
     self.multiple = config.eval.output_stride or config.model.output_stride
 
   def __call__(self, image: np.ndarray) -> np.ndarray:

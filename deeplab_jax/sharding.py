@@ -1,7 +1,13 @@
-"""The device mesh from the config, shardings of parameters and batches, host -> global arrays."""
+"""The device mesh from the config, shardings of parameters and batches, host -> global arrays.
+
+A `spatial` mesh axis splits each image's height over devices of one host. Heights that do
+not divide by it are padded at the bottom (padded_height, pad_height): the image with zeros
+(after normalising), the label with the ignore label, so the loss and the metrics skip the
+padded rows.
+"""
 
 import math
-from typing import Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -28,19 +34,24 @@ def make_mesh(mesh_config: Sequence[Tuple[str, int]], devices=None) -> Mesh:
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
     if len(devices) % known:
-      raise UserError(f'mesh={tuple(mesh_config)}: {len(devices)} devices do not divide by {known}.')
+      raise UserError(f'mesh={tuple(mesh_config)}: {len(devices)} devices do not divide by '
+                      f'{known}.')
     sizes[sizes.index(-1)] = len(devices) // known
   if math.prod(sizes) != len(devices):
     raise UserError(f'mesh={tuple(mesh_config)} needs {math.prod(sizes)} devices; '
                     f'there are {len(devices)}.')
-  # Auto axes (not jax.make_mesh's Explicit ones): jit places the collectives.
-  return Mesh(np.asarray(devices).reshape(sizes), names)
+  # jax.make_mesh orders the devices by the machine's topology (TPU rings); Auto axes, not
+  # its default Explicit ones: jit places the collectives.
+  auto = (jax.sharding.AxisType.Auto,) * len(names)
+  return jax.make_mesh(tuple(sizes), names, axis_types=auto, devices=devices)
 
 
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
-  """Batch over `data`, image height over `spatial` (when the mesh has it)."""
+  """Batch over `data`; the height of arrays with an image axis (ndim >= 3: images, labels,
+  predictions) over `spatial` when the mesh has it. `mask` [B] and `size` [B, 2] only over
+  `data`."""
   spec = ['data']
-  if ndim > 1:
+  if ndim >= 3:
     spec.append('spatial' if 'spatial' in mesh.axis_names else None)
   return NamedSharding(mesh, P(*spec, *([None] * (ndim - len(spec)))))
 
@@ -49,17 +60,53 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def check_spatial(mesh: Mesh, heights) -> None:
-  """A `spatial` axis stays within each host and divides every image height it splits."""
+def check_spatial(mesh: Mesh) -> None:
+  """Each host holds whole images: the devices along `spatial` of every `data` row belong to
+  one process, since a host's batch rows (to_global) carry whole images."""
   spatial = mesh.shape.get('spatial', 1)
   if spatial == 1:
     return
   if jax.local_device_count() % spatial:
     raise UserError(f'mesh spatial={spatial} must divide the {jax.local_device_count()} devices '
                     'of each host.')
-  for field, height in heights:
-    if height % spatial:
-      raise UserError(f'{field} height {height} is not divisible by mesh spatial={spatial}.')
+  rows = np.moveaxis(mesh.devices, mesh.axis_names.index('spatial'), -1).reshape(-1, spatial)
+  for row in rows:
+    processes = sorted({d.process_index for d in row})
+    if len(processes) > 1:
+      raise UserError(f'mesh spatial={spatial} puts one image on the devices of processes '
+                      f'{processes}; each host must hold whole images (devices {row.tolist()}).')
+
+
+def padded_height(height: int, mesh: Mesh, multiple: int = 1) -> int:
+  """The height an image of `height` rows is padded to: ceil(height / m) * m, m the least
+  common multiple of `multiple` (config.data.pad_height_multiple) and the mesh's spatial size.
+
+  The padded rows are ignored by the loss and the metrics but pass through the network: in
+  training they enter BatchNorm's batch statistics, and at evaluation the image pooling and
+  the output grid see them. A `multiple` that the mesh's spatial size divides fixes the padded
+  height, and with it every number, on all such meshes.
+  """
+  if int(multiple) != multiple or multiple < 1:
+    raise UserError(f'data.pad_height_multiple={multiple} must be an integer >= 1.')
+  m = math.lcm(int(multiple), mesh.shape.get('spatial', 1))
+  return -(-height // m) * m
+
+
+def pad_height(batch: Dict[str, np.ndarray], height: int,
+               ignore_label: int) -> Dict[str, np.ndarray]:
+  """A host batch with 'image' (zeros: the mean colour after normalising) and 'label' (the
+  ignore label) padded at the bottom to `height` rows; other fields as they are."""
+  have = batch['image'].shape[1]
+  if have == height:
+    return batch
+  if have > height:
+    raise ValueError(f'batch height {have} is larger than the padded height {height}.')
+  rows = ((0, 0), (0, height - have))
+  out = dict(batch)
+  out['image'] = np.pad(batch['image'], rows + ((0, 0),) * (batch['image'].ndim - 2))
+  out['label'] = np.pad(batch['label'], rows + ((0, 0),) * (batch['label'].ndim - 2),
+                        constant_values=ignore_label)
+  return out
 
 
 def check_batch_size(mesh: Mesh, batch_size: int, field: str) -> None:

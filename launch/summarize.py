@@ -23,7 +23,18 @@ def last_evaluation(workdir: str, protocol: str = ''):
   path = os.path.join(workdir, 'evals.jsonl')
   if not os.path.exists(path):
     return None
-  rows = [json.loads(l) for l in open(path) if l.strip()]
+  rows = []
+  with open(path) as f:
+    for number, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:  # cut short by a kill mid-write: skip, keep the rest
+        print(f'warning: {path} line {number} is damaged ({e}); skipping it.', file=sys.stderr)
+        continue
+      if isinstance(row, dict) and 'step' in row:
+        rows.append(row)
   rows = [r for r in rows if not protocol or r.get('protocol') == protocol]
   return max(rows, key=lambda r: r['step']) if rows else None
 

@@ -70,3 +70,13 @@ def test_eight_devices_match_one_device(monkeypatch):
 def test_bad_meshes_are_named(mesh_config, message):
   with pytest.raises(UserError, match=message.replace('(', '\\(')):
     sharding.make_mesh(mesh_config)
+
+
+def test_make_mesh_sizes_and_axis_types():
+  mesh = sharding.make_mesh((('data', -1), ('spatial', 2)))
+  assert dict(mesh.shape) == {'data': 4, 'spatial': 2}
+  # Auto axes: jit places the collectives (jax.make_mesh's default would be Explicit).
+  assert mesh.axis_types == (jax.sharding.AxisType.Auto,) * 2
+  assert sorted(d.id for d in mesh.devices.flat) == sorted(d.id for d in jax.devices())
+  one = sharding.make_mesh((('data', 1),), jax.devices()[:1])
+  assert one.devices.size == 1
