@@ -146,6 +146,8 @@ def main():
   if args.worker:
     sys.path.insert(0, ROOT)
     from deeplab_jax import host_memory  # pylint: disable=g-import-not-at-top
+    from deeplab_jax import xla_flags  # pylint: disable=g-import-not-at-top
+    xla_flags.configure_cpu()  # as deeplab_jax.main does, before JAX starts a backend
     host_memory.configure(args.retain_host_memory)  # for torch's CPU allocator as for XLA's
     print(json.dumps(torch_side(args) if args.worker == 'torch' else jax_side(args)))
     return

@@ -27,6 +27,7 @@ import jax  # pylint: disable=g-import-not-at-top
 import numpy as np
 from PIL import Image
 
+from deeplab_jax import xla_flags
 from deeplab_jax.postprocess import crf as crf_lib
 from deeplab_jax.postprocess import dense_crf
 from deeplab_jax.postprocess import lattice as lattice_lib
@@ -177,4 +178,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
+  xla_flags.configure_cpu()  # as deeplab_jax.main does, before JAX starts a backend
   main()

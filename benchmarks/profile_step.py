@@ -34,6 +34,7 @@ from ml_collections import config_flags
 import train_step  # benchmarks/train_step.py
 
 from deeplab_jax import host_memory
+from deeplab_jax import xla_flags
 
 FLAGS = flags.FLAGS
 _NOT_OPS = ('Thunk', '$', 'Slinky', 'PjitFunction', 'Common', 'Parse', 'Handle', 'end: ',
@@ -114,6 +115,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  xla_flags.configure_cpu()  # as deeplab_jax.main does, before JAX starts a backend
   config_flags.DEFINE_config_file('config', None, 'Experiment config.', lock_config=True)
   flags.DEFINE_integer('steps', 3, 'Profiled steps.')
   flags.DEFINE_integer('top', 30, 'Ops and layers to print.')

@@ -13,12 +13,12 @@ one JSON object with
   compile_seconds     lowering + XLA compilation of the step
   flops_per_step      XLA's cost analysis of the compiled step (all devices)
   tflops_per_second   achieved: flops_per_step / step_seconds
-  utilization         tflops_per_second / --peak_tflops (null without a peak)
+  utilization         tflops_per_second / (--peak_tflops x devices) (null without a peak)
   peak_memory_bytes   the device's peak bytes in use where the backend reports it (GPU, TPU),
                       else XLA's compiled memory analysis (arguments + outputs + temporaries
                       - aliased), per device; memory_source says which
 
---peak_tflops: the accelerator's peak for the step's dtype, e.g. measured with
+--peak_tflops: one accelerator's peak for the step's dtype, e.g. measured with
 `benchmarks/peak.py`. Data-set fields are not read (no data is loaded); data.name only fixes the
 class count, and --num_classes fixes it without importing TensorFlow: with it the benchmark
 needs only JAX, flax, optax, absl and ml_collections (an accelerator image without TensorFlow).
@@ -43,6 +43,7 @@ from deeplab_jax import host_memory
 from deeplab_jax import optim
 from deeplab_jax import sharding
 from deeplab_jax import steps
+from deeplab_jax import xla_flags
 from deeplab_jax.models import deeplab
 
 FLAGS = flags.FLAGS
@@ -106,7 +107,7 @@ def setup(config, num_classes: int = 0) -> dict:
   compiled = step_fn.lower(state, batch, rng).compile()
   compile_seconds = time.perf_counter() - start
   return dict(compiled=compiled, state=state, batch=batch, rng=rng, num_classes=num_classes,
-              compile_seconds=compile_seconds)
+              compile_seconds=compile_seconds, num_devices=mesh.devices.size)
 
 
 def benchmark(config, steps: int, warmup: int, peak_tflops: float = 0.0, num_classes: int = 0):
@@ -128,7 +129,11 @@ def benchmark(config, steps: int, warmup: int, peak_tflops: float = 0.0, num_cla
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - start)
   step_seconds = statistics.median(times)
+  # XLA's cost analysis counts one device's partition of the program: the step's FLOPs are
+  # that times the devices (each runs the same partition on its shard of the batch).
+  num_devices = parts['num_devices']
   flops = flops_of(compiled)
+  flops = flops * num_devices if flops else None
   tflops = flops / step_seconds / 1e12 if flops else None
   peak_bytes, memory_source = memory(compiled)
   return {
@@ -144,7 +149,7 @@ def benchmark(config, steps: int, warmup: int, peak_tflops: float = 0.0, num_cla
       'flops_per_step': flops,
       'tflops_per_second': tflops,
       'peak_tflops': peak_tflops or None,
-      'utilization': tflops / peak_tflops if tflops and peak_tflops else None,
+      'utilization': tflops / (peak_tflops * num_devices) if tflops and peak_tflops else None,
       'peak_memory_bytes': peak_bytes, 'memory_source': memory_source,
       'loss': float(metrics['loss']),
   }
@@ -159,6 +164,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  xla_flags.configure_cpu()  # as deeplab_jax.main does, before JAX starts a backend
   config_flags.DEFINE_config_file('config', None, 'Experiment config.', lock_config=True)
   flags.DEFINE_integer('steps', 20, 'Timed steps (at least 1).')
   flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.')

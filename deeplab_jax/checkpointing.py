@@ -2,6 +2,7 @@
 
 import os
 
+from absl import logging
 from etils import epath
 import jax
 import orbax.checkpoint as ocp
@@ -34,6 +35,60 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state):
   return restored['state']
 
 
+# Errors of the storage rather than of the checkpoint: they stop the run, the checkpoint stays.
+# (TensorStore's errors are ValueErrors whose message starts with the status code.)
+_STORAGE_ERRORS = (PermissionError, MemoryError, ConnectionError, TimeoutError)
+_STORAGE_CODES = ('UNAVAILABLE', 'DEADLINE_EXCEEDED', 'PERMISSION_DENIED', 'UNAUTHENTICATED',
+                  'RESOURCE_EXHAUSTED', 'CANCELLED', 'ABORTED')
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state):
+  """Restores the newest checkpoint that can be read: (state, step), or (None, None) if none.
+
+  A checkpoint that cannot be read (a truncated or missing file inside it) is named in one
+  warning and moved, not deleted, to WORKDIR/checkpoints_unreadable/STEP, out of the manager's
+  sight; the one before it is tried next. A checkpoint of another model (UserError) and errors
+  of the storage itself (permissions, an unavailable bucket) stop the run with the checkpoint
+  in place; so does an unreadable one when several processes share the workdir."""
+  while (step := manager.latest_step()) is not None:
+    try:
+      return restore(manager, step, abstract_state), step
+    except UserError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      if isinstance(e, _STORAGE_ERRORS) or str(e).startswith(_STORAGE_CODES):
+        raise
+      reason = _first_line(e)
+      if jax.process_count() > 1:  # one process moving what the others read is a race
+        raise UserError(
+            f'the checkpoint of step {step} in {manager.directory} cannot be read ({reason}); '
+            f'move it out of that directory (to {_set_aside_path(manager, step)}, say) and run '
+            'again to resume from the one before it.') from e
+      target = _set_aside_path(manager, step)
+      target.parent.mkdir(parents=True, exist_ok=True)
+      (manager.directory / str(step)).rename(target)
+      manager.reload()
+      logging.warning('Checkpoint %d in %s cannot be read (%s): moved to %s; trying the one '
+                      'before it.', step, manager.directory, reason, target)
+  return None, None
+
+
+def _set_aside_path(manager, step: int) -> epath.Path:
+  """WORKDIR/checkpoints_unreadable/STEP, with a suffix if that is taken."""
+  folder = manager.directory.parent / 'checkpoints_unreadable'
+  target, n = folder / str(step), 1
+  while target.exists():
+    target, n = folder / f'{step}.{n}', n + 1
+  return target
+
+
+def _first_line(error: Exception, limit: int = 300) -> str:
+  """The error's type and first line, without TensorStore's long spec."""
+  text = str(error).split(' [tensorstore_spec=', 1)[0].strip().splitlines()
+  text = f'{type(error).__name__}: {text[0] if text else ""}'
+  return text if len(text) <= limit else text[:limit] + '...'
+
+
 def _flat_shapes(tree) -> dict:
   """{'a/b/c': shape}: dict keys, dataclass fields and tuple indices alike, as orbax names them."""
   return {jax.tree_util.keystr(path, simple=True, separator='/'): tuple(leaf.shape)
@@ -44,7 +99,7 @@ def _flat_shapes(tree) -> dict:
 def _check_fits(manager, step: int, abstract_state) -> None:
   try:
     metadata = ocp.StandardCheckpointHandler().metadata(manager.directory / str(step) / 'state')
-  except Exception:  # pylint: disable=broad-except  (no metadata: let orbax report)
+  except FileNotFoundError:  # no metadata file: orbax's restore reports what is missing
     return
   saved = _flat_shapes(metadata)
   wanted = _flat_shapes(abstract_state)

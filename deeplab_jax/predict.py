@@ -178,6 +178,8 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  from deeplab_jax import xla_flags  # pylint: disable=g-import-not-at-top
+  xla_flags.configure_cpu()  # the trainer's CPU convolutions, before JAX starts a backend
   define_flags()
   flags.mark_flags_as_required(['config', 'workdir', 'input', 'output'])
   app.run(main)

@@ -1,7 +1,8 @@
-"""Eight forced CPU devices for sharding tests and LLVM's -O0 for compile time; set before JAX
-is imported anywhere."""
+"""Eight forced CPU devices for sharding tests, LLVM's -O0 for compile time and the trainer's
+CPU convolution flag; set before JAX is imported anywhere."""
 
 import atexit
+import importlib.util
 import os
 import shutil
 import sys
@@ -25,14 +26,20 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+# What `python -m deeplab_jax.main` sets on the CPU, so tests run the trainer's convolutions.
+from deeplab_jax import xla_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+xla_flags.configure_cpu()
 SHARED_DATA = os.path.join(os.path.dirname(ROOT), 'shared', 'data')
 CAMVID = os.path.join(SHARED_DATA, 'camvid')
 FIXTURES = os.path.join(SHARED_DATA, 'fixtures')
 
 import pytest  # pylint: disable=g-import-not-at-top
-import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
-tfds.disable_progress_bar()
+# A machine with JAX but without TensorFlow (a lent GPU) runs the tests that need neither.
+if importlib.util.find_spec('tensorflow_datasets') is not None:
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  tfds.disable_progress_bar()
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from configs import quickstart
+from deeplab_jax import summary
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 'benchmarks'))
@@ -18,15 +19,19 @@ import profile_step  # pylint: disable=g-import-not-at-top,wrong-import-position
 import train_step  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
-def test_train_step_benchmark_reports_its_fields(cache_dir):
+def test_train_step_benchmark_counts_the_steps_flops_and_memory(cache_dir):
+  """XLA's FLOPs of a train step (over all 8 forced devices) against the multiply-adds that
+  deeplab_jax.summary counts layer by layer: forward 2 FLOPs a multiply-add, backward twice
+  the forward, so 6 x MACs x batch, less the taps XLA skips at borders (measured 0.86).
+  Memory: at least the float32 parameters and their momentum."""
   config = quickstart.get_config('smoke')
   config.data.cache_dir = cache_dir
   result = train_step.benchmark(config, steps=2, warmup=1, peak_tflops=1.0)
-  assert result['images_per_second'] == pytest.approx(
-      config.train.batch_size / result['step_seconds'])
-  assert result['compile_seconds'] > 0 and result['flops_per_step'] > 1e6
-  assert result['utilization'] == pytest.approx(result['tflops_per_second'] / 1.0)
-  assert result['peak_memory_bytes'] > 0 and result['num_classes'] == 5
+  assert result['num_classes'] == 5 and result['num_devices'] == 8
+  counted = summary.summarize(config, tuple(config.data.crop_size), with_receptive_field=False)
+  ratio = result['flops_per_step'] / (6 * counted['macs'] * config.train.batch_size)
+  assert 0.6 < ratio < 1.3, ratio
+  assert result['peak_memory_bytes'] >= 2 * 4 * counted['params']
   with pytest.raises(ValueError, match='steps=0'):
     train_step.benchmark(config, steps=0, warmup=0)
 
@@ -57,15 +62,14 @@ def test_input_pipeline_benchmark_counts_images(cache_dir):
   config.data.cache_dir = cache_dir
   result = input_benchmark.benchmark(config, batches=3, warmup=1)
   assert result['images'] == 3 * config.train.batch_size
-  assert result['images_per_second_per_core'] * result['cores'] == pytest.approx(
-      result['images_per_second'])
+  assert result['crop_size'] == list(config.data.crop_size)
+  assert result['cores'] == os.cpu_count()  # per-core figures are over every core
 
 
 def test_profile_names_the_layers_that_take_the_time(cache_dir):
   config = quickstart.get_config('smoke')
   config.data.cache_dir = cache_dir
   result = profile_step.report(config, steps=1, top=1000)
-  assert result['step_seconds'] > 0 and result['op_seconds_summed_over_threads'] > 0
   layers = [row['layer'] for row in result['top_layers']]
   assert any(layer.startswith('backbone/') and layer.endswith('(backward)') for layer in layers)
   assert any(layer.startswith('aspp/') for layer in layers)
@@ -80,7 +84,6 @@ def test_crf_benchmark_times_each_stage():
   log_probs = crf_benchmark.noisy_unary(rng.integers(0, 5, (20, 24)), 5, rng)
   p = dict(w1=4.0, s_alpha=67.0, s_beta=3.0, w2=3.0, s_gamma=3.0, iterations=10)
   result = crf_benchmark.stage_milliseconds(image, log_probs, p, repeats=1)
+  # Position (2) and colour (3) make a 5-d lattice: blurred along its 6 axes.
   assert set(result) == {'splat', 'blur (6 axes)', 'slice', 'smoothness rows',
                          'smoothness columns', 'update', 'sum'}
-  assert all(v > 0 for v in result.values())
-  assert result['sum'] == pytest.approx(sum(v for k, v in result.items() if k != 'sum'), abs=0.05)

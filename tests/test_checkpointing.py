@@ -1,13 +1,16 @@
-"""Restoring a workdir's checkpoint: a checkpoint of another model is named, not a traceback."""
+"""Restoring a workdir's checkpoint: a checkpoint of another model is named, not a traceback;
+an unreadable one is set aside; the earlier train state's checkpoints still restore."""
 
 import flax
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
 
 from deeplab_jax import checkpointing
+from deeplab_jax import steps
 from deeplab_jax.errors import UserError
 
 
@@ -73,3 +76,119 @@ def test_a_train_state_with_optimizer_state_resumes_and_a_wider_one_is_named(tmp
     checkpointing.restore(manager, 3, _abstract(_train_state(48)))
   assert 'params/conv/bias: saved (96,), this config (48,)' in str(info.value)
   assert '(and ' in str(info.value)  # the kernels and the momentum traces differ too
+
+
+@flax.struct.dataclass
+class _OldTrainState:
+  """The train state's layout before it was built on flax's TrainState."""
+  step: jax.Array
+  params: dict
+  batch_stats: dict
+  opt_state: optax.OptState
+
+
+class _ConvBN(flax.linen.Module):
+  @flax.linen.compact
+  def __call__(self, x, train=False):
+    x = flax.linen.Conv(4, (3, 3))(x)
+    return flax.linen.BatchNorm(use_running_average=not train)(x)
+
+
+def test_a_checkpoint_of_the_old_train_state_restores_into_flax_train_state(tmp_path):
+  model, tx = _ConvBN(), optax.sgd(0.1, momentum=0.9)
+  variables = model.init(jax.random.key(0), jnp.ones((1, 5, 5, 3)))
+  stats = jax.tree.map(lambda x: x + 0.25, variables['batch_stats'])
+  momentum = jax.tree.map(lambda x: x + 0.5, tx.init(variables['params']))
+  old = _OldTrainState(step=jnp.int32(7), params=variables['params'], batch_stats=stats,
+                       opt_state=momentum)
+  manager = _save(tmp_path, old)  # saved as step 3
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ('data',))
+  config = ml_collections.ConfigDict({'data': {'crop_size': (5, 5)}})
+  _, abstract, _ = steps.create_train_state(model, tx, config, mesh, jax.random.key(1))
+  restored = checkpointing.restore(manager, 3, abstract)
+  assert isinstance(restored, steps.TrainState) and restored.tx is tx
+  assert int(restored.step) == 7
+  for got, want in ((restored.params, old.params), (restored.batch_stats, stats),
+                    (restored.opt_state, momentum)):
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(got), jax.device_get(want))
+  # And it trains on: apply_gradients with the restored momentum.
+  grads = jax.tree.map(jnp.ones_like, restored.params)
+  stepped = restored.apply_gradients(grads=grads)
+  np.testing.assert_allclose(stepped.params['Conv_0']['bias'],
+                             old.params['Conv_0']['bias'] - 0.1 * (1 + 0.9 * 0.5), rtol=1e-6)
+  assert int(stepped.step) == 8
+
+
+def test_metadata_that_cannot_be_read_is_reported(tmp_path):
+  """A missing metadata file is left to orbax; one that is there but unreadable is an error,
+  not skipped."""
+  state = {'params': {'conv': {'kernel': jnp.ones((2, 3))}}}
+  manager = _save(tmp_path, state)
+  metadata = tmp_path / 'checkpoints' / '3' / 'state' / '_METADATA'
+  metadata.write_text('{"tree_metadata": ')
+  with pytest.raises(ValueError):  # json's JSONDecodeError
+    checkpointing.restore(manager, 3, _abstract(state))
+
+
+def truncate_data_files(step_dir):
+  """Halves the array data files of a checkpoint (TensorStore's OCDBT `d/` files), as a disk
+  that filled up would; returns their paths relative to `step_dir`."""
+  files = [p for p in step_dir.rglob('*') if p.is_file() and p.parent.name == 'd']
+  assert files, f'no OCDBT data files under {step_dir}'
+  for p in files:
+    p.write_bytes(p.read_bytes()[:p.stat().st_size // 2])
+  return [p.relative_to(step_dir) for p in files]
+
+
+def test_an_unreadable_latest_checkpoint_is_set_aside_and_the_one_before_restored(tmp_path,
+                                                                                  caplog):
+  state = {'params': {'conv': {'kernel': jnp.arange(96.0).reshape(8, 12)}}}
+  manager = checkpointing.make_manager(str(tmp_path), keep=3)
+  for step in (2, 4, 6):
+    checkpointing.save(manager, step, jax.tree.map(lambda x, s=step: x + s, state))
+  manager.wait_until_finished()
+  truncated = {step: truncate_data_files(tmp_path / 'checkpoints' / str(step))
+               for step in (6, 4)}
+  with caplog.at_level('WARNING'):
+    restored, step = checkpointing.restore_latest(manager, _abstract(state))
+  assert step == 2 and manager.all_steps() == [2]
+  np.testing.assert_array_equal(restored['params']['conv']['kernel'],
+                                np.arange(96.0).reshape(8, 12) + 2)
+  # Both set aside whole, not deleted, where the manager does not look.
+  for step in (6, 4):
+    aside = tmp_path / 'checkpoints_unreadable' / str(step)
+    assert all((aside / f).is_file() for f in truncated[step])
+    assert (aside / 'state' / '_METADATA').is_file()
+  assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == ['2']
+  warnings = [r.getMessage() for r in caplog.records if r.levelname == 'WARNING']
+  assert len(warnings) == 2 and all('\n' not in w for w in warnings), warnings
+  assert warnings[0].startswith('Checkpoint 6 in ') and 'cannot be read' in warnings[0]
+  assert str(tmp_path / 'checkpoints_unreadable' / '6') in warnings[0]
+  # A fresh manager (the next run) sees the same.
+  assert checkpointing.make_manager(str(tmp_path), keep=3).latest_step() == 2
+
+
+def test_nothing_readable_means_a_fresh_start_and_a_storage_error_stops(tmp_path, monkeypatch):
+  state = {'params': {'conv': {'kernel': jnp.arange(96.0).reshape(8, 12)}}}
+  manager = _save(tmp_path, state)
+  monkeypatch.setattr(checkpointing, 'restore',
+                      lambda *a: (_ for _ in ()).throw(PermissionError('denied')))
+  with pytest.raises(PermissionError):
+    checkpointing.restore_latest(manager, _abstract(state))
+  monkeypatch.setattr(checkpointing, 'restore', lambda *a: (_ for _ in ()).throw(
+      ValueError('UNAVAILABLE: the bucket is not reachable')))
+  with pytest.raises(ValueError, match='UNAVAILABLE'):
+    checkpointing.restore_latest(manager, _abstract(state))
+  assert manager.all_steps() == [3]  # kept in place
+  monkeypatch.undo()
+  truncate_data_files(tmp_path / 'checkpoints' / '3')
+  assert checkpointing.restore_latest(manager, _abstract(state)) == (None, None)
+  assert (tmp_path / 'checkpoints_unreadable' / '3').is_dir()
+
+
+def test_another_model_is_not_set_aside(tmp_path):
+  manager = _save(tmp_path, {'params': {'conv': {'kernel': jnp.zeros((3, 96))}}})
+  with pytest.raises(UserError, match='another model'):
+    checkpointing.restore_latest(manager, _abstract({'params': {'conv': {
+        'kernel': jnp.zeros((3, 48))}}}))
+  assert manager.all_steps() == [3]

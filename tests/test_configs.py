@@ -4,6 +4,7 @@ its tiny variant trains on CPU."""
 import glob
 import importlib
 import os
+import re
 
 import flax
 import jax
@@ -103,3 +104,28 @@ def test_cityscapes_stops_with_what_is_missing(tmp_path):
   config.data.cache_dir = str(tmp_path)
   with pytest.raises(UserError, match='needs data.root'):
     data.get_dataset(config.data)
+
+
+@pytest.mark.parametrize('name', CONFIGS)
+def test_configs_are_locked_against_new_fields(name):
+  """A misspelt field in a config file stops with ml_collections' message naming it and the
+  nearest field; setting an existing one works."""
+  config = _load(name, VARIANTS[name][0])
+  assert config.is_locked and config.model.backbone.is_locked and config.eval.crf.is_locked
+  with pytest.raises(AttributeError, match='"num_stpes" does not exist.*Did you mean "num_steps"'):
+    config.train.num_stpes = 3
+  with pytest.raises(AttributeError, match='"atrous_rate" does not exist'):
+    config.model.aspp.atrous_rate = (1, 2)
+  config.train.num_steps = 3
+  assert config.train.num_steps == 3
+
+
+def test_the_library_does_not_import_configs():
+  """deeplab_jax/ runs with any config source: no module of it imports the configs/ package."""
+  imports = re.compile(r'^\s*(from\s+configs[\s.]|import\s+configs\b)')
+  assert imports.match('from configs import common') and imports.match('  import configs.x')
+  offenders = [f'{os.path.relpath(path, ROOT)}:{number}: {line.strip()}'
+               for path in glob.glob(os.path.join(ROOT, 'deeplab_jax', '**', '*.py'),
+                                     recursive=True)
+               for number, line in enumerate(open(path), 1) if imports.match(line)]
+  assert not offenders, offenders

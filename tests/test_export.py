@@ -30,11 +30,11 @@ def workdir(tmp_path_factory):
   variables = model.init({'params': jax.random.key(1), 'dropout': jax.random.key(1)},
                          jnp.zeros((1, h, w, 3)), train=False)
   rng = np.random.default_rng(0)
-  state = steps.TrainState(
-      step=jnp.zeros((), jnp.int32), params=variables['params'],
+  state = steps.TrainState.create(
+      apply_fn=model.apply, params=variables['params'], tx=tx,
       batch_stats=jax.tree.map(lambda x: x + rng.uniform(0.0, 0.5, x.shape).astype(x.dtype),
-                               variables['batch_stats']),
-      opt_state=tx.init(variables['params']))
+                               variables['batch_stats']))
+  state = state.replace(step=jnp.zeros((), jnp.int32))
   manager = checkpointing.make_manager(path, keep=1)
   checkpointing.save(manager, 7, state)
   manager.wait_until_finished()

@@ -6,11 +6,14 @@ import os
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from configs import common
 from deeplab_jax import summary
+from deeplab_jax.models import deeplab
 from deeplab_jax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -118,9 +121,19 @@ def test_json_output_and_bad_crop():
        '--crop=129,129', '--json'], cwd=ROOT, env=env, capture_output=True, text=True,
       check=True)
   result = json.loads(out.stdout)
-  assert result['crop'] == [129, 129] and result['params'] > 0 and result['macs'] > 0
-  assert result['receptive_field'] > 0 and len(result['aspp_taps']) == 3
-  assert result['receptive_field_is_lower_bound'] is False
+  # The command's JSON is the library's summary: parameters counted here from the model's
+  # own variables, the rest as summarize() and receptive_field() give them.
+  config = _config('v3plus_voc', 'smoke')
+  model = deeplab.build_model(config.model, num_classes=21)
+  variables = jax.eval_shape(lambda: model.init(
+      {'params': jax.random.key(0), 'dropout': jax.random.key(0)}, jnp.zeros((1, 129, 129, 3)),
+      train=False))
+  assert result['crop'] == [129, 129] and result['num_classes'] == 21
+  assert result['params'] == sum(x.size for x in jax.tree.leaves(variables['params']))
+  direct = summary.summarize(config, (129, 129), with_receptive_field=False)
+  assert result['macs'] == direct['macs'] and result['aspp_taps'] == direct['aspp_taps']
+  assert [result['receptive_field'], result['receptive_field_is_lower_bound']] == list(
+      summary.receptive_field(config.model))
   bad = subprocess.run(
       [sys.executable, '-m', 'deeplab_jax.summary', '--config=configs/v3plus_voc.py:smoke',
        '--crop=129'], cwd=ROOT, env=env, capture_output=True, text=True)
