@@ -4,11 +4,11 @@ r"""Atrous conv as one convolution or as a sum over taps: which is faster here, 
 
 For each case (square map size x input channels x output channels, rate; batch --batch, 3 x 3
 kernel, float32, "same" atrous padding) it times the forward and backward pass (the value and
-both gradients) of `layers.conv_general_dilated` twice: made to run the convolution
-(`layers.TAP_SUM_BELOW = 0`) and made to run the tap sum (`= inf`), alternating, the median of
+both gradients) of `cpu_kernels.conv_general_dilated` twice: made to run the convolution
+(`cpu_kernels.TAP_SUM_BELOW = 0`) and made to run the tap sum (`= inf`), alternating, the median of
 --repeats after a warm-up. Prints one JSON object per case with both times, their ratio
 (tap sum / conv), the fraction of the conv's multiply-adds that read the input, and what
-`layers.tap_sum_pays` chooses. The default cases are those `layers.TAP_SUM_BELOW` was set
+`cpu_kernels.tap_sum_pays` chooses. The default cases are those `cpu_kernels.TAP_SUM_BELOW` was set
 from (benchmarks/RESULTS.md, "Optimisation record", item 10).
 """
 
@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # pylint: disable=g-import-not-at-top
 
+from deeplab_jax.models import cpu_kernels  # pylint: disable=g-import-not-at-top
 from deeplab_jax.models import layers  # pylint: disable=g-import-not-at-top
 
 DEFAULT_CASES = ('33x2048x256r6,33x2048x256r8,33x2048x256r10,33x2048x256r12,33x2048x256r24,'
@@ -47,8 +48,8 @@ def time_case(size: int, cin: int, cout: int, rate: int, batch: int, repeats: in
 
   def make(threshold):
     def fwd_bwd(x, w):
-      layers.TAP_SUM_BELOW = threshold  # read while tracing
-      conv = lambda x, w: layers.conv_general_dilated(
+      cpu_kernels.TAP_SUM_BELOW = threshold  # read while tracing
+      conv = lambda x, w: cpu_kernels.conv_general_dilated(
           x, w, (1, 1), padding, rhs_dilation=(rate, rate),
           dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
       y, vjp = jax.vjp(conv, x, w)
@@ -57,11 +58,11 @@ def time_case(size: int, cin: int, cout: int, rate: int, batch: int, repeats: in
     jax.block_until_ready(step(x, w))
     return step
 
-  saved = layers.TAP_SUM_BELOW
+  saved = cpu_kernels.TAP_SUM_BELOW
   try:
     steps = {'conv': make(0.0), 'tap_sum': make(math.inf)}
   finally:
-    layers.TAP_SUM_BELOW = saved
+    cpu_kernels.TAP_SUM_BELOW = saved
   times = {name: [] for name in steps}
   for _ in range(repeats):
     for name, step in steps.items():
@@ -69,12 +70,12 @@ def time_case(size: int, cin: int, cout: int, rate: int, batch: int, repeats: in
       jax.block_until_ready(step(x, w))
       times[name].append(time.perf_counter() - start)
   conv_s, taps_s = (statistics.median(times[k]) for k in ('conv', 'tap_sum'))
-  fraction = layers.useful_fraction(x.shape, w.shape, padding, (rate, rate))
+  fraction = cpu_kernels.useful_fraction(x.shape, w.shape, padding, (rate, rate))
   return {
       'case': f'{size}x{cin}x{cout}r{rate}', 'batch': batch,
       'conv_ms': round(conv_s * 1e3, 1), 'tap_sum_ms': round(taps_s * 1e3, 1),
       'ratio': round(taps_s / conv_s, 3), 'useful_fraction': round(fraction, 3),
-      'chooses_tap_sum': layers.tap_sum_pays(x.shape, w.shape, padding, (rate, rate)),
+      'chooses_tap_sum': cpu_kernels.tap_sum_pays(x.shape, w.shape, padding, (rate, rate)),
   }
 
 

@@ -5,13 +5,18 @@
 #
 #   bash benchmarks/gpu.sh OUTDIR        # an estimated 6-8 minutes on one H100 or H200
 #
+# First it runs tests/test_cpu_kernels.py there (the CPU kernels against the plain path, both
+# computed on the GPU; log in OUTDIR/cpu_kernels_test.txt); it needs pytest, which travels as
+# wheels like ml_collections (below: pytest pluggy iniconfig packaging); without it the step says
+# so and is skipped (SKIP_TESTS=1 skips it too).
 # Each result is a JSON file in OUTDIR (peak.json, v3plus_r101.json, compare_r101.json) and
 # the whole log is OUTDIR/log.txt. It needs JAX with a GPU backend, flax, optax, absl,
 # ml_collections, and torch + torchvision for the comparison; not TensorFlow (the step
 # benchmark runs on a random batch). On a machine that lacks ml_collections and cannot reach
 # a package index, fetch its wheel where pip works, into .whl/ (ignored by git):
 #
-#   python3 -m pip download --no-deps --only-binary=:all: -d .whl ml_collections==1.1.0
+#   python3 -m pip download --no-deps --only-binary=:all: -d .whl ml_collections==1.1.0 \
+#       pytest pluggy iniconfig packaging
 #
 # and this script installs what .whl/ holds into a private folder before it starts.
 # CROP, BATCH, STEPS, OS, MODEL_DTYPE and PEAK_SIZE override the settings (a CPU dry run:
@@ -63,6 +68,27 @@ json.dump(json.loads(text[start:]), sys.stdout, indent=1)
   cat "$out/$name.json"; echo
   echo "== $name took $((SECONDS - start)) s"
 }
+
+# The test file alone: --noconftest (tests/conftest.py wants TensorFlow Datasets and pins JAX to
+# the CPU), the repository's pytest.ini addopts (pytest-xdist) overridden. JAX_PLATFORMS set
+# empty, not unset, leaves JAX its default backend, the GPU.
+if [ "${SKIP_TESTS:-0}" = 1 ]; then
+  echo "== cpu_kernels_test skipped (SKIP_TESTS=1)"
+elif ! $python -c 'import pytest' 2> /dev/null; then
+  echo "== cpu_kernels_test skipped: pytest is not importable here; carry its wheels in .whl/"
+else
+  echo "== cpu_kernels_test: tests/test_cpu_kernels.py"
+  start=$SECONDS
+  platforms=${JAX_PLATFORMS-}
+  if JAX_PLATFORMS=$platforms $python -c 'import jax; print("backend", jax.default_backend())' \
+      && JAX_PLATFORMS=$platforms $python -m pytest -q -rfE --noconftest -o addopts= \
+        -p no:cacheprovider tests/test_cpu_kernels.py > "$out/cpu_kernels_test.txt" 2>&1; then
+    tail -n 1 "$out/cpu_kernels_test.txt"
+  else
+    echo "== cpu_kernels_test failed"; tail -n 40 "$out/cpu_kernels_test.txt"; failed=1
+  fi
+  echo "== cpu_kernels_test took $((SECONDS - start)) s"
+fi
 
 run peak $python benchmarks/peak.py --dtype=bfloat16 --size="${PEAK_SIZE:-8192}"
 peak=$($python -c 'import json, sys; print(json.load(open(sys.argv[1]))["peak_tflops"])' \

@@ -44,7 +44,7 @@ from deeplab_jax import optim
 from deeplab_jax import sharding
 from deeplab_jax import steps
 from deeplab_jax import xla_flags
-from deeplab_jax.models import deeplab
+from deeplab_jax.models import registry
 
 FLAGS = flags.FLAGS
 
@@ -85,9 +85,10 @@ def setup(config, num_classes: int = 0) -> dict:
   batch_size = config.train.batch_size
   sharding.check_batch_size(mesh, batch_size, 'train.batch_size')
   num_classes = num_classes or dataset_classes(config.data.name)
-  model = deeplab.build_model(config.model, num_classes)
+  model = registry.build_model(config.model, num_classes)
   schedule = optim.learning_rate_schedule(config.optim, config.train.num_steps)
-  tx = optim.make_optimizer(config.optim, config.train.num_steps)
+  tx = optim.make_optimizer(config.optim, config.train.num_steps,
+                           freeze_batch_norm=config.model.freeze_batch_norm_params)
   rng = jax.random.key(config.seed)
   init, _, state_shardings = steps.create_train_state(model, tx, config, mesh, rng)
   state = init(rng)

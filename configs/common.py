@@ -35,6 +35,13 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.data.hue = 0.0
   config.data.skip_bad_examples = False  # skip (and count) unreadable or bad pairs, not stop
   config.data.ignore_label = 255       # the 'folder' data set's ignore label
+  # Training crops and eval images are padded at the bottom (image with zeros after normalising,
+  # label with the ignore label) to a multiple of lcm(this, the mesh's `spatial` size), so that
+  # any height splits over `spatial`. The loss and metrics skip padded rows, but the network
+  # sees them: they enter BatchNorm's batch statistics in training, and image pooling at
+  # evaluation. 1 pads only what the mesh needs; a multiple of every spatial size in use (say 8)
+  # gives the same numbers on every mesh.
+  config.data.pad_height_multiple = 1
 
   config.model = ml_collections.ConfigDict()
   # deeplabv1 | deeplabv2 | deeplabv3 | deeplabv3plus (v3plus adds the decoder).
@@ -50,6 +57,15 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Bilinear resizes of the decoder input, input scales and logits map corner to corner (TF1's
   # align_corners=True, as the public DeepLab code and its checkpoints); False: half-pixel.
   config.model.align_corners = False
+  # False (TF DeepLab's fine_tune_batch_norm=False, for small batches from init_from): BatchNorm
+  # normalises with its moving statistics in training too and leaves them unchanged.
+  config.model.fine_tune_batch_norm = True
+  # True (only with fine_tune_batch_norm=False): the optimizer also leaves BatchNorm's scale and
+  # offset unchanged.
+  config.model.freeze_batch_norm_params = False
+  # Exact rewrites of convs and pooling that XLA:CPU runs faster (models/cpu_kernels.py), used
+  # where JAX's backend is the CPU; False: plain nn.Conv / nn.max_pool everywhere.
+  config.model.cpu_kernels = True
   config.model.backbone = ml_collections.ConfigDict()
   # resnet50 | resnet101 | xception65 | xception71 | vgg16 | mobilenetv2
   config.model.backbone.name = 'resnet101'
@@ -123,6 +139,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.eval.mode = 'whole'           # or 'sliding': windows of eval.window_size
   config.eval.scales = (1.0,)          # multi-scale: (0.5, 0.75, 1.0, 1.25, 1.5, 1.75), averaged
   config.eval.flip = False             # add left-right flipped passes
+  # How passes (scales x flips) combine: 'probabilities' (softmax averaged, as the public TF
+  # DeepLab code's multi-scale evaluation) or 'logits' (averaged). One pass: the same either way.
+  config.eval.average = 'probabilities'
   config.eval.window_size = ()         # sliding windows; () = data.crop_size
   config.eval.window_overlap = 1 / 3   # fraction of a window shared with its neighbour
   config.eval.output_stride = 0        # 0 = the model's; 8 evaluates an OS16 model at OS8
@@ -137,6 +156,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Device mesh as data: axis names and sizes, -1 = the rest of the devices. The batch is
   # split over `data`; `spatial` splits the image height.
   config.mesh = (('data', -1), ('spatial', 1))
+  # Locked: a config file or a --config.x=... override may set these fields but not add one,
+  # so a misspelt name stops the run instead of being silently ignored. A variant that needs
+  # a new field adds it here.
+  config.lock()
   return config
 
 

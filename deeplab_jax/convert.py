@@ -55,7 +55,7 @@ from ml_collections import config_flags
 from deeplab_jax import data
 from deeplab_jax import pretrained
 from deeplab_jax.errors import UserError
-from deeplab_jax.models import deeplab
+from deeplab_jax.models import registry
 
 SOURCES = ('torchvision', 'tf')
 # The ResNet layout each source's weights were trained in (the strides' places differ).
@@ -304,7 +304,7 @@ def from_tf(state: Dict[str, np.ndarray]) -> Tuple[Dict[str, np.ndarray], dict, 
 
 
 def model_and_shapes(config, num_classes: int):
-  model = deeplab.build_model(config.model, num_classes)
+  model = registry.build_model(config.model, num_classes)
   h, w = config.data.crop_size
   shapes = jax.eval_shape(lambda: model.init({'params': jax.random.key(0),
                                                'dropout': jax.random.key(0)},

@@ -6,8 +6,9 @@ r"""Exports a trained model as a serving function: a TF SavedModel or a StableHL
 The function takes uint8 RGB images [B, H, W, 3] of any batch and size and returns int32
 label maps [B, H, W] (and, with --probabilities, float32 softmax probabilities [B, H, W, K]).
 It normalises with config.data's mean and std, pads to a multiple of the evaluation output
-stride, runs the latest checkpoint's weights under config.eval's protocol (its flips too; the
-scales must be (1.0,) and the mode 'whole', since the sizes are symbolic), and crops back.
+stride, runs the latest checkpoint's weights under config.eval's protocol (its flips too,
+combined as eval.average says; the scales must be (1.0,) and the mode 'whole', since the sizes
+are symbolic), and crops back.
 The dense CRF (eval.crf) runs on the host after the network and is not part of the artifact.
 
 - savedmodel: OUTPUT is a TF SavedModel whose `serving_default` signature takes `images`
@@ -34,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import config_flags
 
-from deeplab_jax import evaluate
+from deeplab_jax import inference
 from deeplab_jax import predict
 from deeplab_jax import steps
 from deeplab_jax.errors import UserError
@@ -57,7 +58,7 @@ def check_exportable(config) -> None:
 def make_serving_fn(config, num_classes: int, probabilities: bool):
   """(variables, uint8 images [B, H, W, 3]) -> (int32 labels [B, H, W],) or (labels,
   float32 probabilities [B, H, W, K]); traceable with symbolic B, H and W."""
-  model = evaluate.build_eval_model(config, num_classes)
+  model = inference.build_eval_model(config, num_classes)
   multiple = config.eval.output_stride or config.model.output_stride
   mean = np.asarray(config.data.mean, np.float32)
   std = np.asarray(config.data.std, np.float32)
@@ -67,9 +68,13 @@ def make_serving_fn(config, num_classes: int, probabilities: bool):
     x = (images.astype(jnp.float32) - mean) / std
     # Zeros (the mean colour after normalising) up to a multiple of the output stride.
     x = jnp.pad(x, ((0, 0), (0, (-h) % multiple), (0, (-w) % multiple), (0, 0)))
-    logits = evaluate.predict_logits(model, variables, x, config)[:, :h, :w]
-    labels = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    return (labels, jax.nn.softmax(logits, axis=-1)) if probabilities else (labels,)
+    scores = inference.predict_scores(model, variables, x, config)[:, :h, :w]
+    labels = jnp.argmax(scores, axis=-1).astype(jnp.int32)
+    if not probabilities:
+      return (labels,)
+    if inference.averages_probabilities(config.eval):
+      return labels, jnp.exp(scores)  # the log of the passes' mean probability
+    return labels, jax.nn.softmax(scores, axis=-1)
   return serve
 
 

@@ -3,6 +3,7 @@
 import re
 
 import flax
+import jax
 import optax
 
 from deeplab_jax.errors import UserError
@@ -45,8 +46,21 @@ def weight_decay_mask(params, pattern: str):
   return flax.traverse_util.unflatten_dict(mask, sep='/')
 
 
-def make_optimizer(optim_config, num_steps: int) -> optax.GradientTransformation:
-  """SGD with momentum on the poly schedule; L2 weight decay added to the masked gradients."""
+def batch_norm_mask(params):
+  """True for the scale and offset of every norm layer: the parameters of each module that has
+  a `scale` (flax's BatchNorm names its parameters scale and bias; convs have none)."""
+  flat = flax.traverse_util.flatten_dict(params)
+  norms = {path[:-1] for path in flat if path[-1] == 'scale'}
+  return flax.traverse_util.unflatten_dict({path: path[:-1] in norms for path in flat})
+
+
+def make_optimizer(optim_config, num_steps: int,
+                   freeze_batch_norm: bool = False) -> optax.GradientTransformation:
+  """SGD with momentum on the poly schedule; L2 weight decay added to the masked gradients.
+
+  `freeze_batch_norm` (model.freeze_batch_norm_params): BatchNorm's scale and offset get no
+  update at all, neither from the gradient nor from weight decay (`batch_norm_mask`).
+  """
   c = optim_config
   chain = []
   if c.grad_clip_norm:
@@ -56,5 +70,10 @@ def make_optimizer(optim_config, num_steps: int) -> optax.GradientTransformation
         c.weight_decay, mask=lambda p: weight_decay_mask(p, c.weight_decay_pattern)))
   chain.append(optax.sgd(learning_rate_schedule(c, num_steps), momentum=c.momentum or None,
                          nesterov=c.nesterov))
-  return optax.chain(*chain)
+  tx = optax.chain(*chain)
+  if not freeze_batch_norm:
+    return tx
+  labels = lambda p: jax.tree.map(lambda frozen: 'frozen' if frozen else 'trained',
+                                  batch_norm_mask(p))
+  return optax.multi_transform({'trained': tx, 'frozen': optax.set_to_zero()}, labels)
 

@@ -40,7 +40,7 @@ from deeplab_jax.data import cityscapes
 from deeplab_jax.data import folder
 from deeplab_jax.data import validation
 from deeplab_jax.errors import UserError
-from deeplab_jax.models import deeplab
+from deeplab_jax.models import registry
 from deeplab_jax.postprocess import dense_crf
 
 FLAGS = flags.FLAGS
@@ -109,8 +109,9 @@ def list_images(path: str) -> Iterator[Tuple[str, str]]:
 def load_latest(config, workdir: str, num_classes: int, what: str = 'predict with'):
   """(step, {'params', 'batch_stats'}) of the workdir's latest checkpoint."""
   mesh = sharding.make_mesh(config.mesh)
-  trained = deeplab.build_model(config.model, num_classes)
-  tx = optim.make_optimizer(config.optim, config.train.num_steps)
+  trained = registry.build_model(config.model, num_classes)
+  tx = optim.make_optimizer(config.optim, config.train.num_steps,
+                           freeze_batch_norm=config.model.freeze_batch_norm_params)
   _, abstract, _ = steps.create_train_state(trained, tx, config, mesh, jax.random.key(0))
   manager = checkpointing.make_manager(workdir, config.train.keep_checkpoints)
   step = manager.latest_step()

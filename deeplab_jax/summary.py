@@ -35,8 +35,8 @@ from ml_collections import config_flags
 
 from deeplab_jax import data
 from deeplab_jax.errors import UserError
-from deeplab_jax.models import deeplab
 from deeplab_jax.models import layers
+from deeplab_jax.models import registry
 
 FLAGS = flags.FLAGS
 
@@ -112,7 +112,7 @@ def receptive_field(model_config, max_size: int = 65537) -> Tuple[int, bool]:
   c.input_scales = (1.0,)
   c.aux_head.endpoint = ''
   c.dtype = 'float32'
-  model = deeplab.build_model(c, num_classes=1).clone(dtype=jnp.float64)
+  model = registry.build_model(c, num_classes=1).clone(dtype=jnp.float64)
   logits_module = 'aspp_l' if c.context == 'aspp_l' else 'classifier'
 
   def measure(height, width=64):
@@ -164,7 +164,7 @@ def feature_size(crop: Sequence[int], output_stride: int) -> Tuple[int, int]:
 def summarize(config, crop=None, with_receptive_field: bool = True) -> Dict[str, Any]:
   num_classes = data.num_classes(config.data)
   crop = tuple(crop or config.data.crop_size)
-  model = deeplab.build_model(config.model, num_classes)
+  model = registry.build_model(config.model, num_classes)
   macs, by_module = count_macs(model, crop)
   m = config.model
   result = {

@@ -14,13 +14,14 @@ import tensorflow as tf
 from deeplab_jax import checkpointing
 from deeplab_jax import data
 from deeplab_jax import evaluate as evaluate_lib
+from deeplab_jax import inference
 from deeplab_jax import optim
 from deeplab_jax import pretrained
 from deeplab_jax import sharding
 from deeplab_jax import steps
 from deeplab_jax.data import input_pipeline
 from deeplab_jax.errors import UserError
-from deeplab_jax.models import deeplab
+from deeplab_jax.models import registry
 
 
 class NonFiniteLossError(RuntimeError):
@@ -53,20 +54,23 @@ class _Setup:
     self.mesh = sharding.make_mesh(config.mesh)
     sharding.check_batch_size(self.mesh, config.train.batch_size, 'train.batch_size')
     sharding.check_batch_size(self.mesh, config.eval.batch_size, 'eval.batch_size')
-    sharding.check_spatial(self.mesh, [('data.crop_size', config.data.crop_size[0]),
-                                       ('eval.image_size', config.eval.image_size[0])])
+    sharding.check_spatial(self.mesh)
+    # Crops whose height the mesh's `spatial` axis does not divide are padded (ignored rows).
+    self.train_height = sharding.padded_height(config.data.crop_size[0], self.mesh,
+                                               config.data.pad_height_multiple)
     self.dataset = data.get_dataset(config.data)
-    self.model = deeplab.build_model(config.model, self.dataset.num_classes)
+    self.model = registry.build_model(config.model, self.dataset.num_classes)
     self.schedule = optim.learning_rate_schedule(config.optim, config.train.num_steps)
-    self.tx = optim.make_optimizer(config.optim, config.train.num_steps)
+    self.tx = optim.make_optimizer(config.optim, config.train.num_steps,
+                                   freeze_batch_norm=config.model.freeze_batch_norm_params)
     self.rng = jax.random.key(config.seed)
     init, self.abstract_state, self.state_shardings = steps.create_train_state(
         self.model, self.tx, config, self.mesh, self.rng)
     self.manager = checkpointing.make_manager(workdir, config.train.keep_checkpoints)
-    latest = self.manager.latest_step()
+    # The newest readable checkpoint; unreadable ones are set aside (checkpoints_unreadable/).
+    self.state, latest = checkpointing.restore_latest(self.manager, self.abstract_state)
     if latest is not None:
       logging.info('Resuming from %s/checkpoints step %d.', workdir, latest)
-      self.state = checkpointing.restore(self.manager, latest, self.abstract_state)
     else:
       self.state = init(self.rng)
       if config.init_from:
@@ -74,7 +78,7 @@ class _Setup:
     self.latest_checkpoint = latest
     self.writer = metric_writers.create_default_writer(
         workdir, just_logging=jax.process_index() > 0)
-    self.eval_model = evaluate_lib.build_eval_model(config, self.dataset.num_classes)
+    self.eval_model = inference.build_eval_model(config, self.dataset.num_classes)
     self.eval_step = evaluate_lib.make_eval_fn(self.eval_model, self.dataset.num_classes,
                                                config, self.mesh)
     params = sum(x.size for x in jax.tree.leaves(self.abstract_state.params))
@@ -191,7 +195,8 @@ def train_and_evaluate(config, workdir: str):
   try:
     for step in range(start + 1, num_steps + 1):
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
-        batch = sharding.to_global(setup.mesh, next(batches))
+        batch = sharding.to_global(setup.mesh, sharding.pad_height(
+            next(batches), setup.train_height, setup.dataset.ignore_label))
         state, step_metrics = train_step(state, batch, setup.rng)
       pending.append((step, step_metrics))
       report(step)

@@ -17,7 +17,7 @@ from deeplab_jax import optim
 from deeplab_jax import sharding
 from deeplab_jax import steps
 from deeplab_jax.errors import UserError
-from deeplab_jax.models import deeplab
+from deeplab_jax.models import registry
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 'configs', '*.py'))
@@ -54,7 +54,7 @@ def test_config_builds(name, arg):
   steps.validate_config(config)
   assert config.data.name in data.DATASETS
   optim.make_optimizer(config.optim, config.train.num_steps)
-  model = deeplab.build_model(config.model, num_classes=19)
+  model = registry.build_model(config.model, num_classes=19)
   h, w = config.data.crop_size
   shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, h, w, 3)))
   logits = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((1, h, w, 3))), shapes)
@@ -65,7 +65,7 @@ def test_config_builds(name, arg):
 def test_tiny_variant_trains(name):
   config = _load(name, TINY[name])
   num_classes = data.DATASETS[config.data.name].num_classes
-  model = deeplab.build_model(config.model, num_classes)
+  model = registry.build_model(config.model, num_classes)
   tx = optim.make_optimizer(config.optim, config.train.num_steps)
   schedule = optim.learning_rate_schedule(config.optim, config.train.num_steps)
   mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])

@@ -17,7 +17,7 @@ from configs import v3_voc
 from deeplab_jax import convert
 from deeplab_jax import pretrained
 from deeplab_jax.errors import UserError
-from deeplab_jax.models import deeplab
+from deeplab_jax.models import registry
 from deeplab_jax.models import resnet
 import torchvision_weights as tw
 from torchvision_weights import torchvision_deeplabv3_state
@@ -228,7 +228,7 @@ def test_converted_torchvision_models_give_torchvisions_logits(tmp_path, name, v
   got = np.load(tmp_path / 'ours.npy')
   assert got.shape == want.shape == (1, tw.CLASSES) + tw.SEGMENTATION_INPUT[2:]
   # The auxiliary head's logits too (return_aux), NHWC.
-  model = deeplab.build_model(config.model, tw.CLASSES)
+  model = registry.build_model(config.model, tw.CLASSES)
   _, extra = model.apply(pretrained.load_variables(str(tmp_path / 'out')),
                          reference['segmentation_input'].transpose(0, 2, 3, 1), train=False,
                          return_aux=True)

@@ -20,7 +20,7 @@ from deeplab_jax import metrics
 from deeplab_jax import steps
 from deeplab_jax import train
 from deeplab_jax.errors import UserError
-from deeplab_jax.models import deeplab
+from deeplab_jax.models import registry
 from deeplab_jax.models import layers
 
 
@@ -49,7 +49,7 @@ def test_sliding_windows_cover_every_pixel_and_average(size, window, overlap):
 
 
 def _model_and_variables(config):
-  model = deeplab.build_model(config.model, num_classes=5)
+  model = registry.build_model(config.model, num_classes=5)
   variables = model.init(jax.random.key(0), jnp.zeros((1, 48, 48, 3)))
   return model, variables
 
@@ -148,7 +148,7 @@ def test_sliding_mode_on_a_model_matches_whole_image_where_windows_are_the_image
 def test_os8_evaluation_of_an_os16_model_keeps_the_weights_and_doubles_the_rates():
   config = tiny_config(output_stride=8)
   config.model.output_stride = 16
-  trained = deeplab.build_model(config.model, 5)
+  trained = registry.build_model(config.model, 5)
   at_os8 = inference.build_eval_model(config, 5)
   x = jnp.zeros((1, 64, 64, 3))
   shapes = lambda m: jax.tree.map(lambda a: a.shape,

@@ -14,7 +14,7 @@ from deeplab_jax import optim
 from deeplab_jax import predict
 from deeplab_jax import steps
 from deeplab_jax.errors import UserError
-from deeplab_jax.models import deeplab
+from deeplab_jax.models import registry
 
 
 @pytest.fixture(scope='module')
@@ -24,7 +24,7 @@ def workdir(tmp_path_factory):
   config = quickstart.get_config('smoke')
   path = str(tmp_path_factory.mktemp('export_workdir'))
   num_classes = len(predict.class_info(config.data)[0])
-  model = deeplab.build_model(config.model, num_classes)
+  model = registry.build_model(config.model, num_classes)
   tx = optim.make_optimizer(config.optim, config.train.num_steps)
   h, w = config.data.crop_size
   variables = model.init({'params': jax.random.key(1), 'dropout': jax.random.key(1)},

@@ -1,9 +1,9 @@
-"""Model shapes, strides, atrous arithmetic, parameter counts and impossible settings."""
+"""Model shapes, strides, atrous arithmetic, parameter counts and impossible settings; the model
+at another output stride; frozen BatchNorm. The CPU kernels: tests/test_cpu_kernels.py."""
 
 import functools
-import math
-import os
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -11,13 +11,18 @@ import numpy as np
 import pytest
 
 from configs import common
+from deeplab_jax import optim
+from deeplab_jax import steps
 from deeplab_jax.errors import UserError
 from deeplab_jax.models import aspp
+from deeplab_jax.models import cpu_kernels
 from deeplab_jax.models import decoder
 from deeplab_jax.models import deeplab
 from deeplab_jax.models import layers
 from deeplab_jax.models import mobilenet
+from deeplab_jax.models import registry
 from deeplab_jax.models import resnet
+from deeplab_jax.models import strides
 from deeplab_jax.models import vgg
 from deeplab_jax.models import xception
 
@@ -38,7 +43,7 @@ def tiny_config(**changes):
 @pytest.mark.parametrize('output_stride', [8, 16, 32])
 @pytest.mark.parametrize('name', ['deeplabv3', 'deeplabv3plus'])
 def test_output_stride_shapes(output_stride, name):
-  model = deeplab.build_model(tiny_config(output_stride=output_stride, name=name), num_classes=5)
+  model = registry.build_model(tiny_config(output_stride=output_stride, name=name), num_classes=5)
   x = jnp.zeros((2, 64, 96, 3))
   variables = model.init(jax.random.key(0), x)
   logits = model.apply(variables, x)
@@ -56,7 +61,7 @@ def test_strides_and_rates_follow_the_papers():
 
 
 def test_crop_of_form_n_os_plus_one():
-  model = deeplab.build_model(tiny_config(output_stride=16), num_classes=3)
+  model = registry.build_model(tiny_config(output_stride=16), num_classes=3)
   x = jnp.zeros((1, 65, 65, 3))
   endpoints = jax.eval_shape(
       lambda: model.backbone(norm=functools.partial(nn.BatchNorm, use_running_average=True))
@@ -64,13 +69,15 @@ def test_crop_of_form_n_os_plus_one():
   assert endpoints['features'].shape[1:3] == (5, 5)  # (65 - 1) / 16 + 1
 
 
+@pytest.mark.parametrize('cpu_kernels_on', [False, True])
 @pytest.mark.parametrize('rate', [1, 2, 3, 6, 12, 24])  # 12, 24: taps read only padding
-def test_atrous_conv_equals_zero_inserted_kernel(rate):
+def test_atrous_conv_equals_zero_inserted_kernel(rate, cpu_kernels_on):
   x = jax.random.normal(jax.random.key(1), (2, 17, 19, 4))
   conv = layers.ConvBN(5, 3, rate=rate, relu=False,
                        norm=functools.partial(nn.BatchNorm, use_running_average=True, epsilon=0.0))
   variables = conv.init(jax.random.key(2), x)
-  out = conv.apply(variables, x)
+  with cpu_kernels.allowed(cpu_kernels_on):
+    out = conv.apply(variables, x)
   kernel = np.asarray(variables['params']['conv']['kernel'])
   k_eff = 3 + 2 * (rate - 1)
   dilated = np.zeros((k_eff, k_eff, 4, 5), np.float32)
@@ -79,151 +86,6 @@ def test_atrous_conv_equals_zero_inserted_kernel(rate):
   expected = jax.lax.conv_general_dilated(x, dilated, (1, 1), [(pad, pad), (pad, pad)],
                                           dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
   np.testing.assert_allclose(out, expected, atol=1e-5)
-
-
-CONV_CASES = [  # (input h, w), kernel, rate, stride, depthwise, padding
-    ((17, 17), 3, 24, 1, False, 'atrous'),   # every off-centre tap reads padding: 1 x 1
-    ((17, 17), 3, 12, 1, False, 'atrous'),   # all taps read the input somewhere
-    ((5, 17), 3, 6, 1, False, 'atrous'),     # pruned along h only
-    ((5, 17), 3, 6, 1, True, 'atrous'),      # depthwise, pruned along h
-    ((3, 3), 3, 4, 1, True, 'atrous'),       # depthwise, down to 1 x 1
-    ((9, 11), 5, 3, 1, False, ((6, 0), (0, 6))),  # one-sided padding
-    ((9, 11), 3, 9, 1, False, ((9, 0), (9, 9))),
-    ((9, 11), 1, 1, 2, False, 'atrous'),     # strided 1 x 1: a product of the strided input
-    ((9, 11), 1, 1, 1, False, 'atrous'),
-    ((9, 11), 3, 1, 2, False, 'atrous'),     # strided convs keep every tap
-    ((9, 11), 3, 2, 1, False, 'VALID'),
-]
-
-
-@pytest.mark.parametrize('tap_sum', [False, True])  # conv, or every conv it can take as taps
-@pytest.mark.parametrize('size,k,rate,stride,depthwise,padding', CONV_CASES)
-def test_conv_rewrites_equal_lax_in_value_and_gradient(size, k, rate, stride, depthwise,
-                                                       padding, tap_sum, monkeypatch):
-  monkeypatch.setattr(layers, 'TAP_SUM_BELOW', math.inf if tap_sum else 0.0)
-  channels = 4
-  x = jax.random.normal(jax.random.key(0), (2, *size, channels))
-  w = jax.random.normal(jax.random.key(1), (k, k, 1 if depthwise else channels, channels))
-  padding = layers.atrous_padding(k, rate) if padding == 'atrous' else padding
-  dims = jax.lax.conv_dimension_numbers(x.shape, w.shape, ('NHWC', 'HWIO', 'NHWC'))
-  kwargs = dict(rhs_dilation=(rate, rate), dimension_numbers=dims,
-                feature_group_count=channels if depthwise else 1)
-
-  def loss(conv, x, w):
-    y = conv(x, w, (stride, stride), padding, **kwargs)
-    return jnp.sum(jnp.sin(y)), y
-
-  (_, expected), grads_expected = jax.value_and_grad(
-      functools.partial(loss, jax.lax.conv_general_dilated), (0, 1), has_aux=True)(x, w)
-  (_, out), grads = jax.value_and_grad(
-      functools.partial(loss, layers.conv_general_dilated), (0, 1), has_aux=True)(x, w)
-  assert out.shape == expected.shape
-  np.testing.assert_allclose(out, expected, atol=1e-4, rtol=1e-5)
-  for g, g_expected in zip(grads, grads_expected):
-    np.testing.assert_allclose(g, g_expected, atol=1e-4, rtol=1e-5)
-
-
-@pytest.mark.parametrize('cin,cout,stride', [(4, 8, 1), (4, 16, 2), (8, 4, 1), (6, 6, 2)])
-def test_pointwise_gradient_either_operand_laid_out(cin, cout, stride):
-  # 2 * cin <= cout: the kernel gradient lays out the input; otherwise the output gradient.
-  x = jax.random.normal(jax.random.key(0), (2, 9, 11, cin))
-  w = jax.random.normal(jax.random.key(1), (1, 1, cin, cout))
-  dims = jax.lax.conv_dimension_numbers(x.shape, w.shape, ('NHWC', 'HWIO', 'NHWC'))
-
-  def loss(conv, x, w):
-    return jnp.sum(jnp.sin(conv(x, w, (stride, stride), ((0, 0), (0, 0)),
-                                dimension_numbers=dims)))
-
-  expected = jax.grad(functools.partial(loss, jax.lax.conv_general_dilated), (0, 1))(x, w)
-  grads = jax.grad(functools.partial(loss, layers.conv_general_dilated), (0, 1))(x, w)
-  for g, g_expected in zip(grads, expected):
-    assert g.shape == g_expected.shape
-    np.testing.assert_allclose(g, g_expected, atol=1e-4, rtol=1e-5)
-
-
-def test_materialize_is_exact_and_stops_xla_recomputing_a_residual_stream():
-  x = jax.random.normal(jax.random.key(0), (2, 5, 5, 8), jnp.float32)
-  x = x.at[0, 0, 0, 0].set(jnp.nan)  # the one it divides by comes from this element
-  x = x.at[1, 1, 1, 1].set(jnp.inf)
-  out = layers.materialize(x)
-  np.testing.assert_array_equal(np.asarray(out), np.asarray(x))
-  g = jax.grad(lambda x: jnp.sum(jnp.sin(layers.materialize(x))))(x[1:])
-  np.testing.assert_array_equal(np.asarray(g), np.asarray(jnp.cos(x[1:])))
-  assert layers.materialize(jnp.arange(3)).dtype == jnp.int32
-
-  def stream(fence, x, units=6):
-    outs = []
-    for k in range(units):  # x_k = relu(x_{k-1} * a_k + b_k), each read by a transpose
-      x = fence(jax.nn.relu(x * (1.0 + k) + k))
-      outs.append(jnp.transpose(x, (3, 0, 1, 2)))
-    return x, outs
-
-  x = jnp.ones((2, 64, 64, 64))
-  def maximums(fence):
-    hlo = jax.jit(functools.partial(stream, fence)).lower(x).compile().as_text()
-    return hlo.count(' maximum(')
-  # Without it each transpose recomputes the stream from its start (1 + 2 + ... + 6 relus
-  # and the 6 of the stream); with it every relu is computed once.
-  assert maximums(layers.materialize) == 6
-  assert maximums(lambda x: x) > 6
-
-
-@pytest.mark.parametrize('window, strides', [((3, 3), (1, 1)), ((3, 3), (2, 2)), ((2, 3), (1, 2))])
-@pytest.mark.parametrize('padding', ['SAME', 'VALID', ((1, 1), (1, 1)), ((0, 1), (1, 0))])
-def test_max_pool_equals_nn_max_pool_in_value_and_gradient(window, strides, padding):
-  rng = np.random.default_rng(strides[1])
-  x = jnp.asarray(rng.normal(size=(2, 9, 12, 3)), jnp.float32)
-  x = x.at[0, 2:5, 2:5, 0].set(7.0)   # ties: reduce_window gives the gradient to the first
-  pool = lambda f: lambda x: f(x, window, strides=strides, padding=padding)
-  ours, want = pool(layers.max_pool), pool(nn.max_pool)
-  np.testing.assert_array_equal(ours(x), want(x))
-  g = jnp.asarray(rng.normal(size=want(x).shape), jnp.float32)
-  np.testing.assert_allclose(jax.vjp(ours, x)[1](g)[0], jax.vjp(want, x)[1](g)[0], rtol=1e-6,
-                             atol=1e-6)   # sums of the same terms, in another order
-  xb, gb = x.astype(jnp.bfloat16), g.astype(jnp.bfloat16)
-  assert ours(xb).dtype == jnp.bfloat16 and jax.vjp(ours, xb)[1](gb)[0].dtype == jnp.bfloat16
-  np.testing.assert_array_equal(ours(xb).astype(jnp.float32), want(xb).astype(jnp.float32))
-  if jax.default_backend() == 'cpu':  # the gradient is elementwise: no (value, index) pairs
-    hlo = jax.jit(jax.grad(lambda x: jnp.sum(ours(x) * g))).lower(x).as_text()
-    assert 'reduce_window' not in hlo and 'select_and_scatter' not in hlo
-
-
-def test_conv_rewrites_drop_padding_taps_and_keep_nn_conv_parameters():
-  x = jnp.ones((2, 17, 17, 4))
-  make = lambda cls, rate: cls(8, (3, 3), padding=layers.atrous_padding(3, rate),
-                               kernel_dilation=(rate, rate), use_bias=False)
-  variables = make(layers.Conv, 24).init(jax.random.key(0), x)
-  reference = make(nn.Conv, 24).init(jax.random.key(0), x)
-  np.testing.assert_array_equal(variables['params']['kernel'], reference['params']['kernel'])
-  jaxpr = str(jax.make_jaxpr(lambda v: make(layers.Conv, 24).apply(v, x))(variables))
-  assert 'dot_general' in jaxpr and 'conv_general_dilated' not in jaxpr
-  jaxpr = str(jax.make_jaxpr(lambda v: make(layers.Conv, 2).apply(v, x))(variables))
-  assert 'conv_general_dilated' in jaxpr and 'rhs_dilation=(2, 2)' in jaxpr  # 85 % useful
-
-
-def test_tap_sum_is_chosen_for_mostly_padding_taps_over_wide_inputs():
-  # deeplabv3_resnet50 at 257 x 257, output stride 8: ASPP reads a 33 x 33 x 2048 map.
-  pays = lambda shape, rate: layers.tap_sum_pays(
-      shape, (3, 3, shape[-1], 256), layers.atrous_padding(3, rate), (rate, rate))
-  assert pays((2, 33, 33, 2048), 12) and pays((2, 33, 33, 2048), 24)  # 57 %, 26 % useful
-  assert not pays((2, 33, 33, 2048), 6)     # 77 % useful
-  assert not pays((2, 33, 33, 2048), 1)     # only the border reads padding
-  assert pays((2, 65, 65, 256), 24) and pays((2, 14, 18, 768), 6)  # 57 %, 40 % useful
-  assert not pays((2, 33, 33, 2048), 36)    # every tap but the centre reads padding only: 1 x 1
-  x = jnp.ones((2, 33, 33, 2048))
-  conv = layers.Conv(8, (3, 3), padding=layers.atrous_padding(3, 12), kernel_dilation=(12, 12))
-  variables = jax.eval_shape(conv.init, jax.random.key(0), x)
-  jaxpr = str(jax.make_jaxpr(conv.apply)(variables, x))
-  if jax.default_backend() == 'cpu':
-    assert 'conv_general_dilated' not in jaxpr and jaxpr.count('dot_general') == 9
-  conv = conv.clone(dtype=jnp.bfloat16)
-  jaxpr = str(jax.make_jaxpr(conv.apply)(variables, x.astype(jnp.bfloat16)))
-  assert 'conv_general_dilated' in jaxpr  # float32 only
-
-
-def test_importing_deeplab_jax_sets_the_cpu_convolution_flag():
-  assert '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution' in os.environ.get(
-      'XLA_FLAGS', '')
 
 
 def test_aspp_and_decoder_shapes():
@@ -247,7 +109,7 @@ def _conv(cin, cout, k=1):
 def test_full_size_resnet101_v3plus_parameter_count():
   """ResNet-101 (torchvision's 44,549,160 less its 1000-class fc) + ASPP + decoder + classifier."""
   k = 21
-  model = deeplab.build_model(common.get_base_config().model, num_classes=k)
+  model = registry.build_model(common.get_base_config().model, num_classes=k)
   variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 513, 513, 3)))
   count = sum(x.size for x in jax.tree.leaves(variables['params']))
   backbone = 44_549_160 - (2048 * 1000 + 1000)
@@ -263,7 +125,7 @@ def test_full_size_resnet101_v3plus_parameter_count():
 
 
 def test_bfloat16_compute_keeps_float32_parameters():
-  model = deeplab.build_model(tiny_config(dtype='bfloat16'), num_classes=3)
+  model = registry.build_model(tiny_config(dtype='bfloat16'), num_classes=3)
   x = jnp.zeros((1, 32, 32, 3))
   variables = model.init(jax.random.key(0), x)
   assert {p.dtype for p in jax.tree.leaves(variables['params'])} == {jnp.dtype('float32')}
@@ -280,7 +142,7 @@ def test_bfloat16_compute_keeps_float32_parameters():
 ])
 def test_impossible_settings_fail_with_the_value(changes, message):
   with pytest.raises(UserError, match=None) as info:
-    model = deeplab.build_model(tiny_config(**changes), num_classes=3)
+    model = registry.build_model(tiny_config(**changes), num_classes=3)
     jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
   assert message in str(info.value)
   assert '\n' not in str(info.value)
@@ -316,7 +178,7 @@ def family_config(backbone, **changes):
 
 
 def _endpoints(model_config, x):
-  model = deeplab.build_model(model_config, num_classes=3)
+  model = registry.build_model(model_config, num_classes=3)
   backbone = model.backbone(norm=layers.DEFAULT_NORM)
   return jax.eval_shape(lambda: backbone.init_with_output(jax.random.key(0), x)[0]), model
 
@@ -442,7 +304,7 @@ def test_mobilenetv2_parameters_match_torchvision_and_depth_multiplier():
 def test_v2_multi_scale_inputs_are_fused_by_max_with_a_loss_each():
   config = family_config('resnet50', name='deeplabv2', context='aspp_l', output_stride=8,
                          input_scales=(1.0, 0.75, 0.5), **{'aspp.atrous_rates': (6, 12, 18, 24)})
-  model = deeplab.build_model(config, num_classes=4)
+  model = registry.build_model(config, num_classes=4)
   x = jax.random.normal(jax.random.key(0), (2, 48, 48, 3))
   variables = model.init(jax.random.key(1), x)
   assert set(variables['params']) == {'backbone', 'aspp_l'}
@@ -458,7 +320,7 @@ def test_torchvision_head_and_auxiliary_head():
   config = family_config('resnet50', name='deeplabv3', output_stride=8,
                          **{'backbone.layout': 'torchvision', 'aspp.output_conv': True,
                             'aux_head.endpoint': 'block3', 'aux_head.loss_weight': 0.5})
-  model = deeplab.build_model(config, num_classes=4)
+  model = registry.build_model(config, num_classes=4)
   x = jnp.ones((1, 32, 32, 3))
   variables = model.init(jax.random.key(1), x)
   assert 'output_conv' in variables['params']['aspp'] and 'aux_head' in variables['params']
@@ -472,7 +334,7 @@ def test_context_module_and_cascade(context):
   config = family_config('resnet50', name='deeplabv3', context=context, output_stride=16,
                          **{'backbone.extra_blocks': 3, 'backbone.multi_grid': (1, 2, 4),
                             'backbone.units': (1, 1, 1, 3)})
-  model = deeplab.build_model(config, num_classes=3)
+  model = registry.build_model(config, num_classes=3)
   convs = _conv_rates(model, jnp.zeros((1, 64, 64, 3)))
   # Blocks 5-7 copy block4 at doubling rates, multi-grid in each (v3 paper, section 3.2).
   for b, rate in ((4, 2), (5, 4), (6, 8), (7, 16)):
@@ -486,7 +348,7 @@ def test_context_module_and_cascade(context):
 def test_separable_aspp_and_decoder():
   config = family_config('xception65', **{'aspp.separable': True, 'decoder.separable': True,
                                            'backbone.units': (1,)})
-  model = deeplab.build_model(config, num_classes=3)
+  model = registry.build_model(config, num_classes=3)
   params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))['params']
   assert set(params['aspp']['atrous1']) == {'depthwise', 'depthwise_bn', 'pointwise',
                                             'pointwise_bn'}
@@ -517,7 +379,273 @@ def test_separable_aspp_and_decoder():
 ])
 def test_impossible_family_settings_fail_with_the_value(backbone, changes, message):
   with pytest.raises(UserError) as info:
-    model = deeplab.build_model(family_config(backbone, **changes), num_classes=3)
+    model = registry.build_model(family_config(backbone, **changes), num_classes=3)
     jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
   assert message in str(info.value)
   assert '\n' not in str(info.value)
+
+
+# --------------------------------------------------------------------------- output stride
+
+
+def _rates_by_prefix(module, x, suffix):
+  """{path: (stride, rate)} of the 3x3 convs whose path ends with `suffix`."""
+  return {k[:-len(suffix) - 1]: (s[0], r[0]) for k, (s, r) in _conv_rates(module, x).items()
+          if k.endswith(suffix)}
+
+
+# Hand-computed (stride, rate) of each ResNet-50 unit's 3x3 conv, per block, for every layout
+# and output stride (no multi-grid). 'deeplab': a dilated block runs at its rate throughout;
+# 'torchvision': its first unit at the previous rate; 'tfslim': strides on the last unit of
+# blocks 1-3, a removed stride's rate from the next unit on.
+S2, R1, R2, R4 = (2, 1), (1, 1), (1, 2), (1, 4)
+RESNET_RATES = {
+    ('deeplab', 32): ([R1] * 3, [S2] + [R1] * 3, [S2] + [R1] * 5, [S2] + [R1] * 2),
+    ('deeplab', 16): ([R1] * 3, [S2] + [R1] * 3, [S2] + [R1] * 5, [R2] * 3),
+    ('deeplab', 8): ([R1] * 3, [S2] + [R1] * 3, [R2] * 6, [R4] * 3),
+    ('torchvision', 32): ([R1] * 3, [S2] + [R1] * 3, [S2] + [R1] * 5, [S2] + [R1] * 2),
+    ('torchvision', 16): ([R1] * 3, [S2] + [R1] * 3, [S2] + [R1] * 5, [R1] + [R2] * 2),
+    ('torchvision', 8): ([R1] * 3, [S2] + [R1] * 3, [R1] + [R2] * 5, [R2] + [R4] * 2),
+    ('tfslim', 32): ([R1] * 2 + [S2], [R1] * 3 + [S2], [R1] * 5 + [S2], [R1] * 3),
+    ('tfslim', 16): ([R1] * 2 + [S2], [R1] * 3 + [S2], [R1] * 6, [R2] * 3),
+    ('tfslim', 8): ([R1] * 2 + [S2], [R1] * 4, [R2] * 6, [R4] * 3),
+}
+
+
+@pytest.mark.parametrize('layout, output_stride', sorted(RESNET_RATES))
+def test_resnet_rate_tables(layout, output_stride):
+  model = resnet.ResNet50(output_stride=output_stride, layout=layout, width_multiplier=0.125)
+  got = _rates_by_prefix(model, jnp.zeros((1, 64, 64, 3)), 'conv2/conv')
+  want = {f'block{b + 1}_unit{u + 1}': plan for b, block in
+          enumerate(RESNET_RATES[layout, output_stride]) for u, plan in enumerate(block)}
+  assert got == want
+
+
+# Xception-65 module by module (each module's last separable conv carries its stride): the
+# entry conv has stride 2, then entry_block1..3, the middle flow, exit_block1 and exit_block2.
+XCEPTION_RATES = {
+    32: {'entry_block1': S2, 'entry_block2': S2, 'entry_block3': S2, 'middle': R1,
+         'exit_block1': S2, 'exit_block2': R1},
+    16: {'entry_block1': S2, 'entry_block2': S2, 'entry_block3': S2, 'middle': R1,
+         'exit_block1': R1, 'exit_block2': R2},
+    8: {'entry_block1': S2, 'entry_block2': S2, 'entry_block3': R1, 'middle': R2,
+        'exit_block1': R2, 'exit_block2': R4},
+}
+
+
+@pytest.mark.parametrize('output_stride', [8, 16, 32])
+def test_xception_rate_tables(output_stride):
+  model = xception.Xception65(output_stride=output_stride, middle_units=2, width_multiplier=0.125)
+  got = _rates_by_prefix(model, jnp.zeros((1, 64, 64, 3)), 'depthwise')
+  want = {}
+  for name, (stride, rate) in XCEPTION_RATES[output_stride].items():
+    for module in ([name] if name != 'middle' else ['middle_unit1', 'middle_unit2']):
+      for i in (1, 2, 3):
+        want[f'{module}/sepconv{i}'] = (stride if i == 3 else 1, rate)
+  assert got == want
+
+
+@pytest.mark.parametrize('output_stride, conv5_rate, sizes', [
+    (32, 1, (64, 32, 16, 8, 4, 2)), (16, 1, (64, 32, 16, 8, 4, 4)), (8, 2, (64, 32, 16, 8, 8, 8))])
+def test_vgg_rate_tables(output_stride, conv5_rate, sizes):
+  model = vgg.VGG16(output_stride=output_stride, fc6_rate=3, width_multiplier=0.125)
+  x = jnp.zeros((1, 64, 64, 3))
+  got = {k: v[1][0] for k, v in _conv_rates(model, x).items()}
+  want = {f'conv{g}_{i}': conv5_rate if g == 5 else 1 for g, n in
+          ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3)) for i in range(1, n + 1)}
+  assert got == {**want, 'fc6': 3}
+  endpoints = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), x)[0])
+  assert tuple(endpoints[k].shape[1] for k in ('conv1', 'conv2', 'conv3', 'conv4', 'conv5',
+                                               'pool5')) == sizes
+
+
+# MobileNetV2: layers 3, 5, 8 and 15 have stride 2 after the stride-2 stem (layer1).
+MOBILENET_STRIDED = (3, 5, 8, 15)
+MOBILENET_RATES = {
+    32: {n: (2, 1) if n in MOBILENET_STRIDED else R1 for n in range(2, 19)},
+    16: {n: S2 if n in (3, 5, 8) else R1 if n <= 15 else R2 for n in range(2, 19)},
+    8: {n: S2 if n in (3, 5) else R1 if n <= 8 else R2 if n <= 15 else R4 for n in range(2, 19)},
+}
+
+
+@pytest.mark.parametrize('output_stride', [8, 16, 32])
+def test_mobilenetv2_rate_tables(output_stride):
+  model = mobilenet.MobileNetV2(output_stride=output_stride, width_multiplier=0.125)
+  got = _rates_by_prefix(model, jnp.zeros((1, 64, 64, 3)), 'depthwise')
+  assert got == {f'layer{n}': plan for n, plan in MOBILENET_RATES[output_stride].items()}
+
+
+def test_the_unit_plan_rule():
+  # A removed stride dilates the units after it ('after') or from itself on ('at').
+  assert strides.unit_plan([2, 2, 1, 2, 1], 8, 2) == [(2, 1), (2, 1), (1, 1), (1, 1), (1, 2)]
+  assert strides.unit_plan([2, 2, 1, 2, 1], 8, 2, 'at') == [(2, 1), (2, 1), (1, 1), (1, 2),
+                                                              (1, 2)]
+  with pytest.raises(UserError, match=r'output_stride=12 is not one of \(8, 16, 32\)'):
+    strides.unit_plan([2], 12, 1)
+
+
+def _head_rates(model_config, x):
+  model = registry.build_model(model_config, num_classes=3)
+  convs = _conv_rates(model, x)
+  return {k: v[1][0] for k, v in convs.items() if not k.startswith('backbone')}
+
+
+def test_an_os16_aspp_model_evaluated_at_os32_rescales_only_aspp():
+  config = tiny_config(**{'backbone.units': (1, 1, 1, 3)})
+  assert config.context_module.atrous_rates == (1, 1, 2, 4, 8, 16, 1)  # 16 would halve to 0.5
+  at32 = registry.at_output_stride(config, 32)
+  assert at32.output_stride == 32 and tuple(at32.aspp.atrous_rates) == (3, 6, 9)
+  assert tuple(at32.context_module.atrous_rates) == (1, 1, 2, 4, 8, 16, 1)
+  assert config.output_stride == 16 and tuple(config.aspp.atrous_rates) == (6, 12, 18)  # a copy
+  x = jnp.zeros((1, 64, 64, 3))
+  rates = _head_rates(at32, x)
+  assert [rates[f'aspp/atrous{i}/conv'] for i in (1, 2, 3)] == [3, 6, 9]
+  logits = jax.eval_shape(lambda: registry.build_model(at32, 3).init_with_output(
+      jax.random.key(0), x)[0])
+  assert logits.shape == (1, 64, 64, 3)
+  at8 = registry.at_output_stride(config, 8)
+  assert tuple(at8.aspp.atrous_rates) == (12, 24, 36)
+  assert registry.at_output_stride(config, 16).to_dict() == config.to_dict()
+
+
+def test_at_output_stride_rescales_the_context_module_in_use_and_vgg_fc6():
+  config = tiny_config(context='context_module', name='deeplabv3',
+                       **{'backbone.units': (1, 1, 1, 3), 'aspp.atrous_rates': (1, 2, 3)})
+  at8 = registry.at_output_stride(config, 8)
+  assert tuple(at8.context_module.atrous_rates) == (2, 2, 4, 8, 16, 32, 2)
+  assert tuple(at8.aspp.atrous_rates) == (1, 2, 3)  # ASPP is not in use
+  rates = _head_rates(at8, jnp.zeros((1, 64, 64, 3)))
+  assert [rates[f'context_module/conv{i}/conv'] for i in range(1, 8)] == [2, 2, 4, 8, 16, 32, 2]
+  none = tiny_config(context='none', name='deeplabv3', **{'aspp.atrous_rates': (1, 2, 3)})
+  assert tuple(registry.at_output_stride(none, 32).aspp.atrous_rates) == (1, 2, 3)
+  v1 = family_config('vgg16', name='deeplabv1', context='none', output_stride=8)
+  at16 = registry.at_output_stride(v1, 16)
+  assert at16.backbone.fc6_rate == 6 and at16.output_stride == 16
+  assert _conv_rates(registry.build_model(at16, 3), jnp.zeros((1, 64, 64, 3)))[
+      'backbone/fc6'][1] == (6, 6)
+
+
+@pytest.mark.parametrize('changes, output_stride, message', [
+    ({'aspp.atrous_rates': (1, 2, 3)}, 32, 'eval.output_stride=32 with model.output_stride=16 '
+     'turns model.aspp.atrous_rates=(1, 2, 3) into (0.5, 1.0, 1.5); rates must stay whole'),
+    ({'context': 'context_module', 'name': 'deeplabv3'}, 32,
+     'turns model.context_module.atrous_rates=(1, 1, 2, 4, 8, 16, 1) into'),
+    ({}, 12, 'eval.output_stride=12 is not one of (8, 16, 32)'),
+])
+def test_at_output_stride_errors_name_the_values(changes, output_stride, message):
+  with pytest.raises(UserError) as info:
+    registry.at_output_stride(tiny_config(**changes), output_stride)
+  assert message in str(info.value) and '\n' not in str(info.value)
+
+
+def test_every_backbone_and_system_is_registered():
+  config = common.get_base_config().model
+  for name, from_config in registry.BACKBONES.items():
+    c = family_config(name)
+    backbone, low_level = from_config(c)
+    endpoints = jax.eval_shape(lambda: backbone(norm=layers.DEFAULT_NORM).init_with_output(
+        jax.random.key(0), jnp.zeros((1, 64, 64, 3)))[0])
+    assert endpoints[low_level].shape[1:3] == (16, 16), name
+  assert set(registry.MODELS) == set(deeplab.HEADS)
+
+
+# --------------------------------------------------------------------------- resize
+
+
+def test_align_corners_resize_matches_tf1_in_value_and_gradient():
+  tf = pytest.importorskip('tensorflow')
+  rng = np.random.default_rng(0)
+  for h, w in [(7, 6), (33, 33), (1, 5), (129, 17)]:
+    x = rng.normal(size=(2, h, w, 3)).astype(np.float32)
+    for size in [(25, 21), (3, 2), (1, 4), (513, 513), (4, 1), (h, 9), (2, w)]:
+      want = tf.compat.v1.image.resize_bilinear(x, size, align_corners=True).numpy()
+      got = np.asarray(layers.resize_bilinear(x, size, align_corners=True))
+      # Both place the samples in float32, off by up to an ulp of the input size.
+      np.testing.assert_allclose(got, want, atol=1e-6 * max(h, w) * np.abs(x).max(),
+                                 err_msg=str((h, w, size)))
+  x = rng.normal(size=(1, 9, 7, 2)).astype(np.float32)
+  g = jax.grad(lambda x: jnp.sum(jnp.sin(layers.resize_bilinear(x, (17, 13), True))))(x)
+  xt = tf.constant(x)
+  with tf.GradientTape() as tape:
+    tape.watch(xt)
+    y = tf.reduce_sum(tf.sin(tf.compat.v1.image.resize_bilinear(xt, (17, 13),
+                                                                align_corners=True)))
+  np.testing.assert_allclose(g, tape.gradient(y, xt).numpy(), atol=1e-5)
+  assert layers.resize_bilinear(x.astype(jnp.bfloat16), (17, 13), True).dtype == jnp.bfloat16
+
+
+# --------------------------------------------------------------------------- frozen BatchNorm
+
+
+def _bn_model_state(**changes):
+  config = common.get_base_config()
+  config.model = tiny_config(**{'backbone.units': (1, 1, 1, 2), 'backbone.multi_grid': (1, 2),
+                                'aspp.dropout_rate': 0.0, **changes})
+  model = registry.build_model(config.model, num_classes=3)
+  images = jax.random.normal(jax.random.key(0), (2, 33, 33, 3))
+  variables = model.init(jax.random.key(1), images)
+  # Moving statistics unlike the batch's and the initial ones (0, 1), so that normalising
+  # with the one or the other is told apart.
+  noise = iter(jax.random.split(jax.random.key(2), 10_000))
+  stats = jax.tree_util.tree_map_with_path(
+      lambda path, a: (0.5 + jax.random.uniform(next(noise), a.shape) if path[-1].key == 'var'
+                       else 0.1 * jax.random.normal(next(noise), a.shape)),
+      variables['batch_stats'])
+  return config, model, {'params': variables['params'], 'batch_stats': stats}, images
+
+
+def _one_step(config, model, variables, images):
+  freeze = config.model.freeze_batch_norm_params
+  tx = optim.make_optimizer(config.optim, 10, freeze_batch_norm=freeze)
+  state = steps.TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
+                                  batch_stats=variables['batch_stats'])
+  step = steps.make_train_step(model, tx, optim.learning_rate_schedule(config.optim, 10),
+                               ignore_label=255)
+  labels = jax.random.randint(jax.random.key(3), images.shape[:3], 0, 3)
+  new, _ = jax.jit(step)(state, {'image': images, 'label': labels}, jax.random.key(4))
+  return state, new
+
+
+def test_frozen_batch_norm_uses_and_keeps_the_moving_statistics():
+  config, model, variables, images = _bn_model_state(fine_tune_batch_norm=False)
+  assert not model.fine_tune_batch_norm
+  train_logits, _ = model.apply(variables, images, train=True, mutable=['batch_stats'],
+                                rngs={'dropout': jax.random.key(0)})
+  eval_logits = model.apply(variables, images, train=False)
+  np.testing.assert_allclose(train_logits, eval_logits, rtol=1e-6, atol=1e-6)
+  tuned = model.clone(fine_tune_batch_norm=True)  # batch statistics: other logits
+  tuned_logits, _ = tuned.apply(variables, images, train=True, mutable=['batch_stats'])
+  assert np.abs(tuned_logits - eval_logits).max() > 1e-2
+  state, new = _one_step(config, model, variables, images)
+  jax.tree.map(np.testing.assert_array_equal, new.batch_stats, state.batch_stats)
+  flat = flax.traverse_util.flatten_dict(state.params)
+  new_flat = flax.traverse_util.flatten_dict(new.params)
+  bn = [k for k in flat if k[-2].endswith('bn') and k[-1] in ('scale', 'bias')]
+  assert len(bn) > 20
+  for k in bn:  # scale and offset still train (no weight decay on them)
+    assert not np.array_equal(new_flat[k], flat[k]), k
+
+
+def test_frozen_batch_norm_parameters_stay_while_convs_train():
+  config, model, variables, images = _bn_model_state(fine_tune_batch_norm=False,
+                                                     freeze_batch_norm_params=True)
+  config.optim.weight_decay = 0.1  # decay must not move them either, even where it applies
+  if 'weight_decay_pattern' in config.optim:
+    config.optim.weight_decay_pattern = '.*'
+  state, new = _one_step(config, model, variables, images)
+  flat = flax.traverse_util.flatten_dict(state.params)
+  new_flat = flax.traverse_util.flatten_dict(new.params)
+  frozen = [k for k in flat if k[-2].endswith('bn') and k[-1] in ('scale', 'bias')]
+  kernels = [k for k in flat if k[-1] == 'kernel']
+  assert len(frozen) > 20 and len(kernels) > 10
+  for k in frozen:
+    np.testing.assert_array_equal(new_flat[k], flat[k], err_msg=str(k))
+  for k in kernels:
+    assert not np.array_equal(new_flat[k], flat[k]), k
+  jax.tree.map(np.testing.assert_array_equal, new.batch_stats, state.batch_stats)
+
+
+def test_freezing_batch_norm_parameters_needs_frozen_statistics():
+  with pytest.raises(UserError, match='model.freeze_batch_norm_params=True needs '
+                     'model.fine_tune_batch_norm=False'):
+    registry.build_model(tiny_config(freeze_batch_norm_params=True), num_classes=3)

@@ -19,7 +19,7 @@ import pytest
 
 from deeplab_jax import optim
 from deeplab_jax.errors import UserError
-from deeplab_jax.models import deeplab
+from deeplab_jax.models import registry
 
 
 def optim_config(**changes):
@@ -79,7 +79,7 @@ def test_bad_schedules_are_named(changes, message):
 
 def tiny_params(name, arg='smoke'):
   config = importlib.import_module(f'configs.{name}').get_config(arg)
-  model = deeplab.build_model(config.model, num_classes=5)
+  model = registry.build_model(config.model, num_classes=5)
   h, w = config.data.crop_size
   params = jax.eval_shape(lambda: model.init(
       {'params': jax.random.key(0), 'dropout': jax.random.key(0)}, jnp.zeros((1, h, w, 3)),

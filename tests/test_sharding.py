@@ -11,13 +11,14 @@ from deeplab_jax import sharding
 from deeplab_jax import steps
 from deeplab_jax.errors import UserError
 from deeplab_jax.models import deeplab
+from deeplab_jax.models import registry
 
 
 def one_step(mesh_config, devices):
   config = quickstart.get_config('smoke')
   config.model.aspp.dropout_rate = 0.0
   mesh = sharding.make_mesh(mesh_config, devices)
-  model = deeplab.build_model(config.model, num_classes=5)
+  model = registry.build_model(config.model, num_classes=5)
   schedule = optim.learning_rate_schedule(config.optim, config.train.num_steps)
   tx = optim.make_optimizer(config.optim, config.train.num_steps)
   rng = jax.random.key(0)

@@ -13,7 +13,7 @@ import pytest
 
 from configs import common
 from deeplab_jax import summary
-from deeplab_jax.models import deeplab
+from deeplab_jax.models import registry
 from deeplab_jax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -124,7 +124,7 @@ def test_json_output_and_bad_crop():
   # The command's JSON is the library's summary: parameters counted here from the model's
   # own variables, the rest as summarize() and receptive_field() give them.
   config = _config('v3plus_voc', 'smoke')
-  model = deeplab.build_model(config.model, num_classes=21)
+  model = registry.build_model(config.model, num_classes=21)
   variables = jax.eval_shape(lambda: model.init(
       {'params': jax.random.key(0), 'dropout': jax.random.key(0)}, jnp.zeros((1, 129, 129, 3)),
       train=False))

@@ -15,7 +15,7 @@ from configs import v3plus_voc
 from deeplab_jax import convert
 from deeplab_jax import pretrained
 from deeplab_jax.errors import UserError
-from deeplab_jax.models import deeplab
+from deeplab_jax.models import registry
 from deeplab_jax.models import layers
 
 # (block scope, depths, skip, has activation inside the separable convs)
@@ -246,7 +246,7 @@ def test_a_converted_zoo_xception65_v3plus_gives_the_tf_codes_logits(tmp_path):
   assert info['fresh'] == [] and info['num_classes'] == classes - 1
   images = rng.integers(0, 256, (2, 97, 81, 3)).astype(np.float32) / 127.5 - 1.0
   want = tf_deeplabv3plus(variables, images, middle)
-  model = deeplab.build_model(config.model, classes - 1)
+  model = registry.build_model(config.model, classes - 1)
   got = np.asarray(model.apply(pretrained.load_variables(str(tmp_path / 'out')), images,
                                train=False))
   assert got.shape == want[..., 1:].shape
@@ -256,7 +256,7 @@ def test_a_converted_zoo_xception65_v3plus_gives_the_tf_codes_logits(tmp_path):
   # The paper's (post-activation, half-pixel) network with the same weights differs clearly.
   config.model.backbone.preactivation = False
   config.model.align_corners = False
-  other = np.asarray(deeplab.build_model(config.model, classes - 1).apply(
+  other = np.asarray(registry.build_model(config.model, classes - 1).apply(
       pretrained.load_variables(str(tmp_path / 'out')), images, train=False))
   assert np.abs(other - want[..., 1:]).max() > 0.1 * scale
 
@@ -469,7 +469,7 @@ def test_a_converted_deeplab_resnet_v1_101_beta_v3plus_gives_the_tf_codes_logits
   want = tf_resnet_deeplabv3plus(variables, images, units, (1, 2, 4), separable,
                                  output_stride, rates)
   converted = pretrained.load_variables(str(tmp_path / 'out'))
-  model = deeplab.build_model(config.model, classes)
+  model = registry.build_model(config.model, classes)
   got = np.asarray(model.apply(converted, images, train=False))
   assert got.shape == want.shape == (2, 61, 68, classes)
   scale = np.abs(want).max()
@@ -479,7 +479,7 @@ def test_a_converted_deeplab_resnet_v1_101_beta_v3plus_gives_the_tf_codes_logits
         f'max |TF| {scale:.2e}')
   np.testing.assert_allclose(got, want, atol=1e-4 * scale)
   config.model.decoder.low_level_endpoint = 'block1_unit2'  # after the add and ReLU
-  other = np.asarray(deeplab.build_model(config.model, classes).apply(converted, images,
+  other = np.asarray(registry.build_model(config.model, classes).apply(converted, images,
                                                                       train=False))
   print(f'  with block1_unit2 (post-add) as the low-level feature: '
         f'max |diff| {np.abs(other - want).max():.2e}')

@@ -24,7 +24,7 @@ from deeplab_jax import steps
 from deeplab_jax import train
 from deeplab_jax.data import input_pipeline
 from deeplab_jax.errors import UserError
-from deeplab_jax.models import deeplab
+from deeplab_jax.models import registry
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -298,7 +298,7 @@ def tiny_step(devices=1, dtype='float32', dropout_rate=0.1):
   config.model.dtype = dtype
   config.model.aspp.dropout_rate = dropout_rate
   mesh = sharding.make_mesh((('data', -1),), jax.devices()[:devices])
-  model = deeplab.build_model(config.model, num_classes=5)
+  model = registry.build_model(config.model, num_classes=5)
   tx = optim.make_optimizer(config.optim, config.train.num_steps)
   schedule = optim.learning_rate_schedule(config.optim, config.train.num_steps)
   init, _, shardings = steps.create_train_state(model, tx, config, mesh, jax.random.key(0))

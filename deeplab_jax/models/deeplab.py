@@ -7,6 +7,7 @@
        cascade (backbone.extra_blocks) / stacked-rate context module for ablations
   v3+  v3 encoder (ResNet, Xception, MobileNetV2) -> decoder on stride-4 features
 torchvision's DeepLabv3 is v3 with `aspp.output_conv`, dropout 0.5 and `aux_head`.
+models/registry.py chooses the backbone and calls `from_config` for every model.name here.
 """
 
 import functools
@@ -18,22 +19,11 @@ import ml_collections
 
 from deeplab_jax.errors import UserError
 from deeplab_jax.models import aspp as aspp_lib
+from deeplab_jax.models import cpu_kernels
 from deeplab_jax.models import decoder as decoder_lib
 from deeplab_jax.models import heads
 from deeplab_jax.models import layers
-from deeplab_jax.models import mobilenet
-from deeplab_jax.models import resnet
-from deeplab_jax.models import vgg
-from deeplab_jax.models import xception
 
-BACKBONES = {
-    'resnet50': resnet.ResNet50,
-    'resnet101': resnet.ResNet101,
-    'xception65': xception.Xception65,
-    'xception71': xception.Xception71,
-    'vgg16': vgg.VGG16,
-    'mobilenetv2': mobilenet.MobileNetV2,
-}
 # The context modules each family member may use.
 HEADS = {
     'deeplabv1': ('none',),
@@ -42,7 +32,6 @@ HEADS = {
     'deeplabv3plus': ('aspp', 'context_module', 'none'),
 }
 CONTEXTS = ('aspp', 'aspp_l', 'context_module', 'none')
-OUTPUT_STRIDES = (8, 16, 32)
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
@@ -54,6 +43,9 @@ class DeepLab(nn.Module):
   (v2), and the auxiliary head's logits (torchvision). With several input scales the scales
   share every weight; in training each pass updates the BatchNorm running statistics in turn
   (scale 1 first), so they average over the scales.
+  `fine_tune_batch_norm=False` (TF DeepLab's flag of that name): BatchNorm normalises with its
+  moving statistics in training too and leaves them unchanged; its scale and offset still train.
+  `cpu_kernels`: trace the exact rewrites of models/cpu_kernels.py where JAX runs on the CPU.
   """
   num_classes: int
   backbone: Callable[..., nn.Module]
@@ -69,7 +61,9 @@ class DeepLab(nn.Module):
   bn_momentum: float = 0.99
   bn_epsilon: float = 1e-5
   backbone_bn_epsilon: Optional[float] = None  # None: bn_epsilon
+  fine_tune_batch_norm: bool = True
   align_corners: bool = False  # resizes of input scales and logits (the public TF code's)
+  cpu_kernels: bool = True
   dtype: Any = jnp.float32
 
   def _endpoint(self, endpoints, name, field):
@@ -80,59 +74,62 @@ class DeepLab(nn.Module):
 
   @nn.compact
   def __call__(self, images, train: bool = False, return_aux: bool = False):
-    norm = layers.make_norm(train, self.bn_momentum, self.bn_epsilon, self.dtype)
-    backbone_norm = norm if self.backbone_bn_epsilon is None else layers.make_norm(
-        train, self.bn_momentum, self.backbone_bn_epsilon, self.dtype)
-    backbone = self.backbone(norm=backbone_norm, dtype=self.dtype, name='backbone')
-    context = (self.context(norm=norm, dtype=self.dtype, name=self.context_name)
-               if self.context else None)
-    decoder = self.decoder(norm=norm, dtype=self.dtype, name='decoder') if self.decoder else None
-    classifier = (None if self.context_gives_logits else
-                  layers.Conv(self.num_classes, (1, 1), dtype=self.dtype, name='classifier'))
-    aux_head = (self.aux_head(norm=norm, dtype=self.dtype, name='aux_head')
-                if self.aux_head else None)
+    # Every layer traced in this block reads the switch (see cpu_kernels.active).
+    with cpu_kernels.allowed(self.cpu_kernels):
+      norm_train = train and self.fine_tune_batch_norm
+      norm = layers.make_norm(norm_train, self.bn_momentum, self.bn_epsilon, self.dtype)
+      backbone_norm = norm if self.backbone_bn_epsilon is None else layers.make_norm(
+          norm_train, self.bn_momentum, self.backbone_bn_epsilon, self.dtype)
+      backbone = self.backbone(norm=backbone_norm, dtype=self.dtype, name='backbone')
+      context = (self.context(norm=norm, dtype=self.dtype, name=self.context_name)
+                 if self.context else None)
+      decoder = self.decoder(norm=norm, dtype=self.dtype, name='decoder') if self.decoder else None
+      classifier = (None if self.context_gives_logits else
+                    layers.Conv(self.num_classes, (1, 1), dtype=self.dtype, name='classifier'))
+      aux_head = (self.aux_head(norm=norm, dtype=self.dtype, name='aux_head')
+                  if self.aux_head else None)
 
-    def forward(x, with_aux):
-      endpoints = backbone(x, train=train)
-      low_level = (self._endpoint(endpoints, self.low_level_endpoint,
-                                  'model.decoder.low_level_endpoint') if decoder else None)
-      y = endpoints['features']
-      if context is not None:
-        y = context(y, train=train)
-      if classifier is not None:
-        if decoder is not None:
-          y = decoder(y, low_level)
-        y = classifier(y)
-      aux = None
-      if aux_head is not None and with_aux:
-        aux = aux_head(self._endpoint(endpoints, self.aux_endpoint, 'model.aux_head.endpoint'),
-                       train=train)
-      return y, aux
+      def forward(x, with_aux):
+        endpoints = backbone(x, train=train)
+        low_level = (self._endpoint(endpoints, self.low_level_endpoint,
+                                    'model.decoder.low_level_endpoint') if decoder else None)
+        y = endpoints['features']
+        if context is not None:
+          y = context(y, train=train)
+        if classifier is not None:
+          if decoder is not None:
+            y = decoder(y, low_level)
+          y = classifier(y)
+        aux = None
+        if aux_head is not None and with_aux:
+          aux = aux_head(self._endpoint(endpoints, self.aux_endpoint, 'model.aux_head.endpoint'),
+                         train=train)
+        return y, aux
 
-    size = images.shape[1:3]
-    resize = functools.partial(layers.resize_bilinear, align_corners=self.align_corners)
-    to_input = lambda t: resize(t.astype(jnp.float32), size)
-    with_aux = return_aux or self.is_initializing()
-    per_scale, aux = [], None
-    for i, scale in enumerate(self.input_scales):
-      x = images.astype(self.dtype)
-      if scale != 1.0:
-        x = resize(x, tuple(max(1, round(s * scale)) for s in size))
-      logits, scale_aux = forward(x, with_aux and i == 0)
-      per_scale.append(to_input(logits))
-      if scale_aux is not None:
-        aux = to_input(scale_aux)
-    logits = per_scale[0]
-    for other in per_scale[1:]:
-      logits = jnp.maximum(logits, other)  # v2: multi-scale logits fused by max
-    if not return_aux:
-      return logits
-    extra = []
-    if len(per_scale) > 1:
-      extra += [(f'scale_{s}', t, 1.0) for s, t in zip(self.input_scales, per_scale)]
-    if aux is not None:
-      extra.append(('aux_head', aux, self.aux_loss_weight))
-    return logits, extra
+      size = images.shape[1:3]
+      resize = functools.partial(layers.resize_bilinear, align_corners=self.align_corners)
+      to_input = lambda t: resize(t.astype(jnp.float32), size)
+      with_aux = return_aux or self.is_initializing()
+      per_scale, aux = [], None
+      for i, scale in enumerate(self.input_scales):
+        x = images.astype(self.dtype)
+        if scale != 1.0:
+          x = resize(x, tuple(max(1, round(s * scale)) for s in size))
+        logits, scale_aux = forward(x, with_aux and i == 0)
+        per_scale.append(to_input(logits))
+        if scale_aux is not None:
+          aux = to_input(scale_aux)
+      logits = per_scale[0]
+      for other in per_scale[1:]:
+        logits = jnp.maximum(logits, other)  # v2: multi-scale logits fused by max
+      if not return_aux:
+        return logits
+      extra = []
+      if len(per_scale) > 1:
+        extra += [(f'scale_{s}', t, 1.0) for s, t in zip(self.input_scales, per_scale)]
+      if aux is not None:
+        extra.append(('aux_head', aux, self.aux_loss_weight))
+      return logits, extra
 
 
 def _choice(value, valid, field):
@@ -141,71 +138,26 @@ def _choice(value, valid, field):
   return value
 
 
-def _backbone(c):
-  """(backbone partial, its default low-level endpoint) from the model config."""
-  b = c.backbone
-  multi_grid = tuple(b.multi_grid) if b.multi_grid else None
-  units = tuple(b.units) if b.units else ()
-  kwargs = dict(output_stride=c.output_stride, width_multiplier=c.width_multiplier)
-  if b.bn_epsilon < 0:
-    raise UserError(f'model.backbone.bn_epsilon={b.bn_epsilon} must be >= 0 (0: model.bn_epsilon).')
-  if b.preactivation and not b.name.startswith('xception'):
-    raise UserError(f'model.backbone.preactivation=True is the public TF Xception\'s module '
-                    f'form; {b.name!r} has no such variant.')
-  if b.extra_blocks and not b.name.startswith('resnet'):
-    raise UserError(f'model.backbone.extra_blocks={b.extra_blocks}: the cascaded blocks are '
-                    f'copies of ResNet block4; {b.name!r} has none.')
-  if b.name.startswith('resnet'):
-    kwargs.update(multi_grid=multi_grid, beta_stem=b.beta_stem, layout=b.layout,
-                  extra_blocks=b.extra_blocks)
-    if units:
-      if len(units) != 4 or min(units) < 1:
-        raise UserError(f'model.backbone.units={units} needs 4 blocks of at least 1 unit.')
-      kwargs['units'] = units
-    else:
-      units = BACKBONES[b.name].keywords['units']
-    _choice(b.layout, resnet.LAYOUTS, 'model.backbone.layout')
-    low_level = resnet.default_low_level_endpoint(units, b.layout)
-  elif b.name.startswith('xception'):
-    kwargs.update(multi_grid=multi_grid, preactivation=b.preactivation)
-    if units:
-      if len(units) != 1:
-        raise UserError(f'model.backbone.units={units}: Xception takes one number, the '
-                        'middle-flow units (16).')
-      kwargs['middle_units'] = units[0]
-    low_level = xception.LOW_LEVEL_ENDPOINTS[b.name]
-  else:
-    if units:
-      raise UserError(f'model.backbone.units={units}: {b.name!r} has a fixed depth; '
-                      'leave units empty.')
-    if b.name == 'vgg16':
-      kwargs.update(fc6_rate=b.fc6_rate, fc_features=b.fc_features, dropout_rate=b.dropout_rate)
-      low_level = 'conv3'
-    else:
-      kwargs.update(depth_multiplier=b.depth_multiplier)
-      low_level = 'layer4_depthwise'
-  return functools.partial(BACKBONES[b.name], **kwargs), low_level
-
-
-def build_model(model_config: ml_collections.ConfigDict, num_classes: int) -> DeepLab:
-  """Builds the DeepLab module named by `model_config` (fields as in configs/common.py)."""
+def from_config(model_config: ml_collections.ConfigDict, num_classes: int,
+                backbone: Callable[..., nn.Module], low_level_endpoint: str) -> DeepLab:
+  """The DeepLab of `model_config` (fields as in configs/common.py) around `backbone` (a
+  partial from models/registry.py), whose stride-4 endpoint is `low_level_endpoint`."""
   c = model_config
   _choice(c.name, HEADS, 'model.name')
-  _choice(c.backbone.name, BACKBONES, 'model.backbone.name')
   _choice(c.dtype, DTYPES, 'model.dtype')
   _choice(c.context, CONTEXTS, 'model.context')
   if c.context not in HEADS[c.name]:
     raise UserError(f'model.context={c.context!r} does not belong to model.name={c.name!r}, '
                     f'which takes {HEADS[c.name]}.')
-  if c.output_stride not in OUTPUT_STRIDES:
-    raise UserError(f'model.output_stride={c.output_stride} is not one of {OUTPUT_STRIDES}.')
   scales = tuple(c.input_scales)
   if not scales or any(not 0 < s <= 4 for s in scales):
     raise UserError(f'model.input_scales={scales} needs at least one scale, each in (0, 4].')
+  if c.backbone.bn_epsilon < 0:
+    raise UserError(f'model.backbone.bn_epsilon={c.backbone.bn_epsilon} must be >= 0 '
+                    '(0: model.bn_epsilon).')
   width = functools.partial(layers.scaled, width_multiplier=c.width_multiplier)
-  backbone, default_low_level = _backbone(c)
 
-  context, context_name, gives_logits = None, c.context, False
+  context, gives_logits = None, False
   if c.context == 'aspp':
     layers.check_rates(tuple(c.aspp.atrous_rates), 'model.aspp.atrous_rates')
     context = functools.partial(
@@ -232,10 +184,11 @@ def build_model(model_config: ml_collections.ConfigDict, num_classes: int) -> De
     aux_head = functools.partial(heads.FCNHead, num_classes, features=width(c.aux_head.features),
                                  dropout_rate=c.aux_head.dropout_rate)
   return DeepLab(num_classes=num_classes, backbone=backbone, context=context,
-                 context_name=context_name, context_gives_logits=gives_logits, decoder=decoder,
-                 low_level_endpoint=c.decoder.low_level_endpoint or default_low_level,
+                 context_name=c.context, context_gives_logits=gives_logits, decoder=decoder,
+                 low_level_endpoint=c.decoder.low_level_endpoint or low_level_endpoint,
                  aux_head=aux_head, aux_endpoint=c.aux_head.endpoint,
                  aux_loss_weight=c.aux_head.loss_weight, input_scales=scales,
                  bn_momentum=c.bn_momentum, bn_epsilon=c.bn_epsilon,
                  backbone_bn_epsilon=c.backbone.bn_epsilon or None,
-                 align_corners=c.align_corners, dtype=DTYPES[c.dtype])
+                 fine_tune_batch_norm=c.fine_tune_batch_norm, align_corners=c.align_corners,
+                 cpu_kernels=c.cpu_kernels, dtype=DTYPES[c.dtype])

@@ -1,14 +1,19 @@
-"""Building blocks shared by the backbones and heads: atrous conv + BatchNorm + ReLU."""
+"""Building blocks shared by the backbones and heads: atrous conv + BatchNorm + ReLU, resize.
+
+Plain flax/lax on every backend. `Conv`, `max_pool` and `materialize` are nn.Conv, nn.max_pool
+and the identity, except where `cpu_kernels.active()` (JAX on the CPU, model.cpu_kernels on):
+there they trace the exact rewrites of models/cpu_kernels.py instead.
+"""
 
 import functools
-from typing import Any, Callable, Sequence, Tuple
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from deeplab_jax.errors import UserError
+from deeplab_jax.models import cpu_kernels
 
 ModuleDef = Any
 # Inference-mode BatchNorm; DeepLab passes its own (training or not) to every module.
@@ -30,258 +35,54 @@ def atrous_padding(kernel_size: int, rate: int):
   return ((pad, pad), (pad, pad))
 
 
-def _useful_taps(size: int, k: int, rate: int, pad: Tuple[int, int]) -> Tuple[int, int]:
-  """(first, last) taps of a stride-1 conv axis that read the input somewhere, not only padding.
-
-  Output y (0 <= y < out) reads input y - pad[0] + i * rate through tap i. A tap whose reads
-  all fall in the zero padding adds exactly zero to the output and gets exactly zero gradient,
-  so dropping it changes nothing but the cost. ASPP's large rates on small feature maps are
-  the case: rates 24 and 36 on 17 x 17 (a 129 crop at output stride 8) leave the centre tap.
-  """
-  useful = [i for i, _, _ in _tap_outputs(size, k, rate, pad)]
-  return (useful[0], useful[-1]) if useful else (0, k - 1)
+def check_rates(rates: Sequence[int], what: str) -> None:
+  """UserError unless every atrous rate is an integer >= 1."""
+  for r in rates:
+    if not isinstance(r, int) or r < 1:
+      raise UserError(f'{what}={tuple(rates)} has rate {r!r}; atrous rates must be integers >= 1.')
 
 
-def _out_size(size: int, k: int, rate: int, pad: Tuple[int, int]) -> int:
-  """Output size of a stride-1 conv axis."""
-  return size + pad[0] + pad[1] - (k - 1) * rate
+# model.backbone fields that only some backbones read, and why another rejects a set value.
+_BACKBONE_FIELDS = {
+    'units': lambda b: (f'model.backbone.units={tuple(b.units)}: {b.name!r} has a fixed depth; '
+                        'leave units empty.'),
+    'preactivation': lambda b: ('model.backbone.preactivation=True is the public TF Xception\'s '
+                                f'module form; {b.name!r} has no such variant.'),
+    'extra_blocks': lambda b: (f'model.backbone.extra_blocks={b.extra_blocks}: the cascaded '
+                               f'blocks are copies of ResNet block4; {b.name!r} has none.'),
+}
 
 
-# XLA:CPU computes a stride-1 conv tap by tap (`_tap_sum`) where less than this fraction of its
-# multiply-adds read the input (the rest read zero padding). Over the shapes of
-# `python benchmarks/conv_taps.py` the tap sum took 1.0-1.6 (mostly 1.1-1.3) times the time
-# of the conv's useful fraction, so below 0.75 it is faster (benchmarks/RESULTS.md,
-# "Optimisation record", item 10).
-TAP_SUM_BELOW = 0.75
+def reject_backbone_fields(backbone_config, *fields: str) -> None:
+  """UserError if any of `fields` (keys of _BACKBONE_FIELDS) is set in model.backbone."""
+  for field in fields:
+    if backbone_config[field]:
+      raise UserError(_BACKBONE_FIELDS[field](backbone_config))
 
 
-def _tap_outputs(size: int, k: int, rate: int, pad: Tuple[int, int]):
-  """[(tap, first, end)]: the outputs [first, end) of a stride-1 conv axis that each tap reads
-  the input for (it reads padding for the others); taps that only read padding are left out."""
-  out = _out_size(size, k, rate, pad)
-  spans = [(i, max(0, pad[0] - i * rate), min(out, size + pad[0] - i * rate)) for i in range(k)]
-  return [(i, lo, hi) for i, lo, hi in spans if hi > lo]
+def _conv_general_dilated(*args, **kwargs):
+  """lax.conv_general_dilated; its CPU rewrites where cpu_kernels.active() (at trace time)."""
+  if cpu_kernels.active():
+    return cpu_kernels.conv_general_dilated(*args, **kwargs)
+  return jax.lax.conv_general_dilated(*args, **kwargs)
 
 
-def useful_fraction(lhs_shape, rhs_shape, padding, rates) -> float:
-  """The fraction of a stride-1 NHWC x HWIO conv's multiply-adds that read the input, not
-  padding, over the taps that read it somewhere (`conv_general_dilated` drops the others)."""
-  fraction = 1.0
-  for a in (0, 1):
-    size, k = lhs_shape[1 + a], rhs_shape[a]
-    spans = _tap_outputs(size, k, rates[a], padding[a])
-    fraction *= (sum(hi - lo for _, lo, hi in spans) /
-                 max(1, len(spans) * _out_size(size, k, rates[a], padding[a])))
-  return fraction
-
-
-def tap_sum_pays(lhs_shape, rhs_shape, padding, rates) -> bool:
-  """Whether XLA:CPU is expected to compute this stride-1 NHWC x HWIO conv (taps that only
-  read padding already dropped) faster tap by tap than as a convolution (TAP_SUM_BELOW)."""
-  if any(p < 0 for pair in padding for p in pair):
-    return False
-  if not all(_tap_outputs(lhs_shape[1 + a], rhs_shape[a], rates[a], padding[a]) for a in (0, 1)):
-    return False  # no output, or none that reads the input
-  return useful_fraction(lhs_shape, rhs_shape, padding, rates) < TAP_SUM_BELOW
-
-
-def _tap_sum(x, w, padding, rates, precision):
-  """A stride-1 NHWC x HWIO conv as a sum over taps of 1 x 1 products, each over only the
-  outputs whose tap reads the input.
-
-  Exact (the products left out are those with zero padding); the cost is the useful
-  multiply-adds plus slicing the input, against every tap at every output for a conv. ASPP's
-  rates on small maps are the case: rate 12 on a 33 x 33 map (a 257 crop at output stride 8)
-  spends 57 % of a conv's multiply-adds on the input, rate 24 26 %.
-  """
-  out = [_out_size(x.shape[1 + a], w.shape[a], rates[a], padding[a]) for a in (0, 1)]
-  rows = _tap_outputs(x.shape[1], w.shape[0], rates[0], padding[0])
-  cols = _tap_outputs(x.shape[2], w.shape[1], rates[1], padding[1])
-  y = None
-  for i, r0, r1 in rows:
-    s0 = r0 - padding[0][0] + i * rates[0]
-    for j, c0, c1 in cols:
-      t0 = c0 - padding[1][0] + j * rates[1]
-      part = _pointwise(x[:, s0:s0 + r1 - r0, t0:t0 + c1 - c0], w[i, j], precision)
-      part = jnp.pad(part, ((0, 0), (r0, out[0] - r1), (c0, out[1] - c1), (0, 0)))
-      y = part if y is None else y + part
-  return y
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _pointwise(x, w, precision=None):
-  """1 x 1 conv of NHWC `x` with `w` [C_in, C_out] as a product over channels.
-
-  Its gradient is written out to choose the operand that XLA's CPU backend lays out again (a
-  transpose) for the kernel's gradient, a product over pixels: autodiff's choice is always
-  the output gradient. Here it is the input when that has at most half the channels (a
-  bottleneck's 1 x 1 expansion, a strided shortcut) and the output gradient otherwise (a 1 x 1
-  reduction, whose input is the wide residual stream). benchmarks/RESULTS.md, "Optimisation
-  record", has the profiles.
-  """
-  return jax.lax.dot_general(x, w, (((3,), (0,)), ((), ())), precision=precision)
-
-
-def _pointwise_fwd(x, w, precision):
-  return _pointwise(x, w, precision), (x, w)
-
-
-def _pointwise_bwd(precision, residuals, g):
-  x, w = residuals
-  dx = jax.lax.dot_general(g, w, (((3,), (1,)), ((), ())), precision=precision)
-  pixels = (((0, 1, 2), (0, 1, 2)), ((), ()))
-  if 2 * x.shape[-1] <= g.shape[-1]:
-    dw = jax.lax.dot_general(x, g, pixels, precision=precision)
-  else:
-    dw = jax.lax.dot_general(g, x, pixels, precision=precision).T
-  return dx.astype(x.dtype), dw.astype(w.dtype)
-
-
-_pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
-
-
-def materialize(x: jax.Array) -> jax.Array:
-  """`x`, which XLA:CPU then computes once instead of again inside each of its consumers.
-
-  XLA:CPU fuses cheap elementwise producers into every consumer, duplicating them. Along a
-  residual stream (x_k = relu(bn(conv(...)) + x_{k-1})) that means a consumer such as the
-  layout copy for a kernel gradient recomputes the whole stream back to the block's first
-  unit, for every unit: quadratic work in the depth, read with strided loads. XLA does not
-  duplicate expensive ops, and a float division is one, so `x` is divided by a one that XLA
-  cannot fold ((bits | 1) & 1 of x's first element). x / 1 is exact, as is its gradient.
-  The XLA:CPU backend only; other backends get `x` unchanged (benchmarks/RESULTS.md,
-  "Optimisation record").
-  """
-  if jax.default_backend() != 'cpu' or not jnp.issubdtype(x.dtype, jnp.floating):
-    return x
-  bits = jax.lax.bitcast_convert_type(jax.lax.stop_gradient(x).astype(jnp.float32), jnp.int32)
-  one = jax.lax.convert_element_type((bits | 1) & 1, x.dtype)
-  return x / one
+# nn.Conv (the same parameters, names and initialisation); see the module docstring.
+Conv = functools.partial(nn.Conv, conv_general_dilated=_conv_general_dilated)
 
 
 def max_pool(x: jax.Array, window_shape: Sequence[int], strides: Sequence[int],
              padding='VALID') -> jax.Array:
-  """nn.max_pool over the spatial axes of NHWC `x` (padding 'SAME', 'VALID' or pairs).
-
-  On XLA:CPU it is the maximum of the window's strided slices of `x` padded with -inf, with
-  its gradient written out (`_slice_max`): each output's gradient goes to the first tap that
-  equals it, as reduce_window's does, so values and gradients are those of nn.max_pool. For
-  nn.max_pool's reduce_window XLA:CPU computes the gradient as a reduce_window over (value,
-  index) pairs with an index grid per axis: in the CamVid recipe's step the stem's pool took
-  about 80 ms of 1.15 s of op time that way (benchmarks/RESULTS.md, "Optimisation record").
-  Other backends get nn.max_pool. The custom gradient leaves no forward-mode derivative
-  (jax.jvp) through the pool on the CPU.
-  """
-  if jax.default_backend() != 'cpu':
-    return nn.max_pool(x, tuple(window_shape), strides=tuple(strides), padding=padding)
-  if isinstance(padding, str):
-    pads = jax.lax.padtype_to_pads(x.shape[1:-1], window_shape, strides, padding)
-  else:
-    pads = [tuple(p) for p in padding]
-  padded = jnp.pad(x, [(0, 0)] + list(pads) + [(0, 0)], constant_values=-jnp.inf)
-  return _slice_max(padded, tuple(window_shape), tuple(strides))
+  """nn.max_pool over the spatial axes of NHWC `x` (padding 'SAME', 'VALID' or pairs)."""
+  if cpu_kernels.active():
+    return cpu_kernels.max_pool(x, window_shape, strides, padding)
+  return nn.max_pool(x, tuple(window_shape), strides=tuple(strides), padding=padding)
 
 
-def _taps(padded, window_shape, strides):
-  """The window's taps: (start, the strided slice of `padded` read from there)."""
-  out = [(n - k) // s + 1 for n, k, s in zip(padded.shape[1:-1], window_shape, strides)]
-  for offset in np.ndindex(*window_shape):
-    start = (0,) + offset + (0,)
-    limit = ((padded.shape[0],) + tuple(o + (m - 1) * s + 1 for o, m, s in
-                                        zip(offset, out, strides)) + (padded.shape[-1],))
-    yield start, jax.lax.slice(padded, start, limit, (1,) + tuple(strides) + (1,))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def _slice_max(padded, window_shape, strides):
-  result = None
-  for _, tap in _taps(padded, window_shape, strides):
-    result = tap if result is None else jnp.maximum(result, tap)
-  return result
-
-
-def _slice_max_fwd(padded, window_shape, strides):
-  y = _slice_max(padded, window_shape, strides)
-  return y, (padded, y)
-
-
-def _slice_max_bwd(window_shape, strides, residuals, g):
-  padded, y = residuals
-  grad, taken = jnp.zeros_like(padded), jnp.zeros(y.shape, bool)
-  for start, tap in _taps(padded, window_shape, strides):
-    first = (tap == y) & ~taken
-    taken = taken | first
-    # The transpose of the strided slice: a pad with interior (stride - 1) zeros.
-    config = [(0, 0, 0)] + [
-        (o, n - o - ((m - 1) * s + 1), s - 1)
-        for o, n, m, s in zip(start[1:-1], padded.shape[1:-1], y.shape[1:-1], strides)] + [
-            (0, 0, 0)]
-    grad = grad + jax.lax.pad(jnp.where(first, g, 0).astype(g.dtype), jnp.zeros((), g.dtype),
-                              config)
-  return (grad,)
-
-
-_slice_max.defvjp(_slice_max_fwd, _slice_max_bwd)
-
-
-def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
-                         rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
-                         precision=None, **kwargs):
-  """`lax.conv_general_dilated` for NHWC x HWIO: the same function, computed more cheaply.
-
-  `Conv` (nn.Conv with this as its `conv_general_dilated`) keeps nn.Conv's parameters,
-  initialisation and checkpoints. Three exact rewrites:
-  - kernel taps that only ever read zero padding are dropped (`_useful_taps`);
-  - on XLA:CPU, a float32 stride-1 conv whose taps read mostly padding (large rates on a
-    small map, `tap_sum_pays`) is a sum over taps of products over only the outputs each tap
-    reads the input for (`_tap_sum`);
-  - a 1 x 1 conv (after that) is a product over channels of the strided input, whose
-    gradients XLA's CPU backend computes without a convolution's transposes.
-  Anything else (input dilation, other layouts, string padding) goes to lax unchanged.
-  """
-  def lax_conv(rhs, padding):
-    return jax.lax.conv_general_dilated(
-        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-        feature_group_count=feature_group_count, precision=precision, **kwargs)
-
-  if (lhs.ndim != 4 or kwargs or isinstance(padding, str) or
-      any(d != 1 for d in (lhs_dilation or (1, 1))) or
-      jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) !=
-      jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ('NHWC', 'HWIO', 'NHWC'))):
-    return lax_conv(rhs, padding)
-  # Symbolic sizes (jax.export's shape polymorphism) keep every tap and strided convs, whose
-  # symbolic output size a strided slice would spell differently.
-  static = all(isinstance(d, int) for d in lhs.shape[1:3])
-  rates = tuple(rhs_dilation or (1, 1))
-  padding = [tuple(p) for p in padding]
-  for axis in (0, 1):
-    k = rhs.shape[axis]
-    if window_strides[axis] != 1 or k == 1 or not static:
-      continue
-    first, last = _useful_taps(lhs.shape[1 + axis], k, rates[axis], padding[axis])
-    lo = padding[axis][0] - first * rates[axis]
-    hi = padding[axis][1] - (k - 1 - last) * rates[axis]
-    if (first, last) != (0, k - 1) and lo >= 0 and hi >= 0:
-      rhs = jax.lax.slice_in_dim(rhs, first, last + 1, axis=axis)
-      padding[axis] = (lo, hi)
-  if (static and feature_group_count == 1 and tuple(window_strides) == (1, 1) and
-      lhs.dtype == jnp.float32 and jax.default_backend() == 'cpu' and
-      tap_sum_pays(lhs.shape, rhs.shape, padding, rates)):
-    return _tap_sum(lhs, rhs, padding, rates, precision)
-  if (rhs.shape[:2] != (1, 1) or any(p != (0, 0) for p in padding) or
-      (not static and tuple(window_strides) != (1, 1))):
-    return lax_conv(rhs, padding)
-  x = lhs[:, ::window_strides[0], ::window_strides[1]]
-  if feature_group_count == 1:
-    return _pointwise(x, rhs[0, 0], precision)
-  if feature_group_count == lhs.shape[-1] == rhs.shape[-1]:  # depthwise, multiplier 1
-    return x * rhs[0, 0, 0]
-  return lax_conv(rhs, padding)
-
-
-# nn.Conv (same parameters, names and initialisation) through `conv_general_dilated`.
-Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
+def materialize(x: jax.Array) -> jax.Array:
+  """`x`; on the CPU kernels' path computed once rather than in each consumer (see
+  cpu_kernels.materialize): for the output of a residual unit."""
+  return cpu_kernels.materialize(x) if cpu_kernels.active() else x
 
 
 class ConvBN(nn.Module):
@@ -297,10 +98,10 @@ class ConvBN(nn.Module):
   @nn.compact
   def __call__(self, x):
     x = Conv(self.features, (self.kernel_size, self.kernel_size),
-                strides=(self.strides, self.strides),
-                padding=atrous_padding(self.kernel_size, self.rate),
-                kernel_dilation=(self.rate, self.rate), use_bias=False,
-                dtype=self.dtype, name='conv')(x)
+             strides=(self.strides, self.strides),
+             padding=atrous_padding(self.kernel_size, self.rate),
+             kernel_dilation=(self.rate, self.rate), use_bias=False,
+             dtype=self.dtype, name='conv')(x)
     x = self.norm(name='bn')(x)
     return nn.relu(x) if self.relu else x
 
@@ -323,9 +124,9 @@ class SeparableConvBN(nn.Module):
   def __call__(self, x):
     k = self.kernel_size
     x = Conv(x.shape[-1], (k, k), strides=(self.strides, self.strides),
-                padding=atrous_padding(k, self.rate), kernel_dilation=(self.rate, self.rate),
-                feature_group_count=x.shape[-1], use_bias=False, dtype=self.dtype,
-                name='depthwise')(x)
+             padding=atrous_padding(k, self.rate), kernel_dilation=(self.rate, self.rate),
+             feature_group_count=x.shape[-1], use_bias=False, dtype=self.dtype,
+             name='depthwise')(x)
     x = self.norm(name='depthwise_bn')(x)
     x = nn.relu(x) if self.inner_relu else x
     x = Conv(self.features, (1, 1), use_bias=False, dtype=self.dtype, name='pointwise')(x)
@@ -338,76 +139,38 @@ def conv_bn(separable: bool) -> Callable[..., nn.Module]:
   return SeparableConvBN if separable else ConvBN
 
 
-def unit_plan(unit_strides: Sequence[int], output_stride: int, current_stride: int):
-  """(stride, rate) per unit for a target output stride, the TF-slim / torchvision rule.
-
-  Units keep their stride until the running stride reaches `output_stride`; from then on a
-  unit's stride becomes 1 and the rate of every later unit is multiplied by it. The unit
-  whose stride is removed still runs at the earlier rate (slim's `stack_blocks_dense`,
-  torchvision's `replace_stride_with_dilation`).
-  """
-  rate, plan = 1, []
-  for stride in unit_strides:
-    if stride > 1 and current_stride >= output_stride:
-      plan.append((1, rate))
-      rate *= stride
-    else:
-      plan.append((stride, rate))
-      current_stride *= stride
-  return plan
-
-
-def check_output_stride(output_stride: int, valid: Sequence[int] = (8, 16, 32)) -> None:
-  if output_stride not in valid:
-    raise UserError(f'output_stride={output_stride} is not one of {tuple(valid)}.')
+def make_norm(train: bool, momentum: float, epsilon: float, dtype: Any) -> Callable[..., nn.Module]:
+  """BatchNorm whose statistics are means over the whole (global, sharded) batch; with
+  `train=False` it normalises with, and leaves unchanged, its moving statistics."""
+  return functools.partial(nn.BatchNorm, use_running_average=not train, momentum=momentum,
+                           epsilon=epsilon, dtype=dtype)
 
 
 def resize_bilinear(x: jax.Array, size: Sequence[int], align_corners: bool = False) -> jax.Array:
-  """Bilinear resize of NHWC features to spatial `size`.
+  """Bilinear resize of NHWC features to spatial `size`, without antialiasing.
 
   Half-pixel centres by default (tf.image.resize, PyTorch's align_corners=False).
   `align_corners=True` maps corner pixels onto corner pixels, output i sampling input
   i (in - 1) / (out - 1), as TF1's `resize_bilinear(align_corners=True)` that the public
-  DeepLab code uses throughout.
+  DeepLab code uses throughout; a side of size 1 (in or out) samples input 0, as TF1 does.
   """
-  if tuple(x.shape[1:3]) == tuple(size):
+  size = tuple(size)
+  if tuple(x.shape[1:3]) == size:
     return x
   if not align_corners:
     # No antialiasing: the same filter as tf.image.resize in the input pipeline.
     return jax.image.resize(x, (x.shape[0], *size, x.shape[-1]), method='bilinear',
                             antialias=False)
   for axis, out in zip((1, 2), size):
-    x = _resize_axis_align_corners(x, axis, out)
-  return x
-
-
-def _resize_axis_align_corners(x: jax.Array, axis: int, out: int) -> jax.Array:
-  """Linear interpolation along one axis at the points i (in - 1) / (out - 1)."""
-  size = x.shape[axis]
-  if size == out:
+    if x.shape[axis] == 1 or out == 1:
+      first = jax.lax.slice_in_dim(x, 0, 1, axis=axis)
+      x = jnp.broadcast_to(first, x.shape[:axis] + (out,) + x.shape[axis + 1:])
+  dims = [a for a, out in zip((1, 2), size) if x.shape[a] != out]
+  if not dims:
     return x
-  if size == 1 or out == 1:  # every output samples input 0 (TF's scale is 0 for out == 1)
-    first = jax.lax.slice_in_dim(x, 0, 1, axis=axis)
-    return jnp.broadcast_to(first, x.shape[:axis] + (out,) + x.shape[axis + 1:])
-  position = np.arange(out, dtype=np.float64) * (size - 1) / (out - 1)
-  low = np.minimum(np.floor(position).astype(np.int32), size - 2)
-  frac = (position - low).astype(np.float32)
-  shape = [1] * x.ndim
-  shape[axis] = out
-  frac = jnp.asarray(frac.reshape(shape), x.dtype)
-  below = jnp.take(x, low, axis=axis)
-  above = jnp.take(x, low + 1, axis=axis)
-  return below + frac * (above - below)
-
-
-def check_rates(rates: Sequence[int], what: str) -> None:
-  for r in rates:
-    if not isinstance(r, int) or r < 1:
-      raise UserError(f'{what}={tuple(rates)} has rate {r!r}; atrous rates must be integers >= 1.')
-
-
-def make_norm(train: bool, momentum: float, epsilon: float, dtype: Any) -> Callable[..., nn.Module]:
-  """BatchNorm whose statistics are means over the whole (global, sharded) batch."""
-  return functools.partial(nn.BatchNorm, use_running_average=not train, momentum=momentum,
-                           epsilon=epsilon, dtype=dtype)
-
+  # The half-pixel warp that puts corners on corners: scale (out - 1) / (in - 1), translated
+  # by (1 - scale) / 2 (jax.image.scale_and_translate's docstring gives the same).
+  scale = jnp.array([(size[a - 1] - 1) / (x.shape[a] - 1) for a in dims], jnp.float32)
+  shape = tuple(size[a - 1] if a in dims else n for a, n in enumerate(x.shape))
+  return jax.image.scale_and_translate(x, shape, dims, scale, 0.5 * (1.0 - scale),
+                                       method='linear', antialias=False)

@@ -19,8 +19,8 @@ import jax.numpy as jnp
 
 from deeplab_jax.errors import UserError
 from deeplab_jax.models import layers
+from deeplab_jax.models import strides
 
-OUTPUT_STRIDES = (8, 16, 32)
 # (expansion, channels, repeats, stride) after the stem, as in the MobileNetV2 paper's table 2.
 SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
             (6, 160, 3, 2), (6, 320, 1, 1))
@@ -68,16 +68,15 @@ class MobileNetV2(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False) -> Dict[str, Any]:
     del train
-    layers.check_output_stride(self.output_stride, OUTPUT_STRIDES)
     if self.depth_multiplier <= 0:
       raise UserError(f'model.backbone.depth_multiplier={self.depth_multiplier} must be > 0.')
     scale = self.depth_multiplier * self.width_multiplier
     x = layers.Conv(make_divisible(32 * scale), (3, 3), strides=(2, 2),
-                padding=((1, 1), (1, 1)), use_bias=False, dtype=self.dtype, name='layer1')(x)
+                    padding=((1, 1), (1, 1)), use_bias=False, dtype=self.dtype, name='layer1')(x)
     x = nn.relu6(self.norm(name='layer1_bn')(x))
     endpoints = {'layer1': x}
     units = [(t, c, s if i == 0 else 1) for t, c, n, s in SETTINGS for i in range(n)]
-    plan = layers.unit_plan([s for _, _, s in units], self.output_stride, current_stride=2)
+    plan = strides.unit_plan([s for _, _, s in units], self.output_stride, current_stride=2)
     for i, ((t, c, _), (stride, rate)) in enumerate(zip(units, plan)):
       name = f'layer{i + 2}'
       x, depthwise = InvertedResidual(make_divisible(c * scale), t, stride, rate,
@@ -86,3 +85,12 @@ class MobileNetV2(nn.Module):
       endpoints[f'{name}_depthwise'] = depthwise
     endpoints['features'] = x
     return endpoints
+
+
+def from_config(model_config):
+  """(MobileNetV2 partial, its stride-4 endpoint) from the model config (configs/common.py)."""
+  c, b = model_config, model_config.backbone
+  layers.reject_backbone_fields(b, 'units', 'preactivation', 'extra_blocks')
+  return functools.partial(MobileNetV2, output_stride=c.output_stride,
+                           width_multiplier=c.width_multiplier,
+                           depth_multiplier=b.depth_multiplier), 'layer4_depthwise'

@@ -23,41 +23,30 @@ import jax.numpy as jnp
 
 from deeplab_jax.errors import UserError
 from deeplab_jax.models import layers
+from deeplab_jax.models import strides
 
-OUTPUT_STRIDES = (8, 16, 32)
 LAYOUTS = ('deeplab', 'torchvision', 'tfslim')
 
 
 def block_strides_and_rates(output_stride: int, num_blocks: int = 4):
   """Per-block (stride, rate) for blocks 1..num_blocks after a stride-4 stem ('deeplab')."""
-  layers.check_output_stride(output_stride, OUTPUT_STRIDES)
-  current, rate, out = 4, 1, []
-  for i in range(num_blocks):
-    stride = 1 if i == 0 else 2
-    if stride > 1 and current >= output_stride:
-      rate *= stride
-      stride = 1
-    elif stride > 1:
-      current *= stride
-    out.append((stride, rate))
-  return out
+  return strides.unit_plan([1] + [2] * (num_blocks - 1), output_stride, 4, rate_change='at')
 
 
 def unit_strides_and_rates(units: Sequence[int], output_stride: int,
                            layout: str) -> List[List[Tuple[int, int]]]:
   """(stride, rate) of every unit, block by block, for one of LAYOUTS."""
-  layers.check_output_stride(output_stride, OUTPUT_STRIDES)
   if layout not in LAYOUTS:
     raise UserError(f'model.backbone.layout={layout!r} is not one of {LAYOUTS}.')
-  if layout == 'deeplab':
-    plan = block_strides_and_rates(output_stride, len(units))
-    return [[(stride if u == 0 else 1, rate) for u in range(n)]
-            for n, (stride, rate) in zip(units, plan)]
   # Nominal unit strides: the first unit of blocks 2.. halves the resolution.
-  strides = [[2 if (b > 0 and u == 0) else 1 for u in range(n)] for b, n in enumerate(units)]
+  unit_strides = [[2 if (b > 0 and u == 0) else 1 for u in range(n)]
+                  for b, n in enumerate(units)]
   if layout == 'tfslim':  # the same strides, each moved to the last unit of the block before
-    strides = [[1] * (n - 1) + [2 if b + 1 < len(units) else 1] for b, n in enumerate(units)]
-  flat = layers.unit_plan([s for block in strides for s in block], output_stride, 4)
+    unit_strides = [[1] * (n - 1) + [2 if b + 1 < len(units) else 1] for b, n in enumerate(units)]
+  # 'deeplab' runs a whole dilated block at its rate; the others its first unit at the rate
+  # before.
+  flat = strides.unit_plan([s for block in unit_strides for s in block], output_stride, 4,
+                           rate_change='at' if layout == 'deeplab' else 'after')
   out, i = [], 0
   for n in units:
     out.append(flat[i:i + n])
@@ -66,7 +55,12 @@ def unit_strides_and_rates(units: Sequence[int], output_stride: int,
 
 
 class Bottleneck(nn.Module):
-  """ResNet v1 bottleneck unit: 1x1 -> 3x3 (strided, atrous) -> 1x1, expansion 4."""
+  """ResNet v1 bottleneck unit: 1x1 -> 3x3 (strided, atrous) -> 1x1, expansion 4.
+
+  Returns (output, conv3): the unit's output and its last conv's BatchNorm output before the
+  shortcut is added, which TF-slim collects as `.../bottleneck_v1/conv3` and the public
+  DeepLab code's v3+ decoder reads.
+  """
   filters: int
   strides: int = 1
   rate: int = 1
@@ -88,7 +82,7 @@ class Bottleneck(nn.Module):
     y = conv(self.filters, 1, name='conv1')(x)
     y = conv(self.filters, 3, self.strides, self.rate, name='conv2')(y)
     y = conv(self.filters * 4, 1, relu=False, name='conv3')(y)
-    return layers.materialize(nn.relu(y + shortcut))
+    return layers.materialize(nn.relu(y + shortcut)), y
 
 
 class ResNet(nn.Module):
@@ -102,8 +96,9 @@ class ResNet(nn.Module):
     layout: one of LAYOUTS.
     extra_blocks: copies of block4 appended as blocks 5.. (cascaded DeepLabv3).
     width_multiplier: scales every channel count (tiny test models).
-  Returns a dict: `stem` (stride 4), `blockB_unitU` for every unit, `block1`.. (the last unit
-  of each block), and `features` (the last block).
+  Returns a dict: `stem` (stride 4), `blockB_unitU` for every unit and `blockB_unitU_conv3` (its
+  residual branch before the shortcut is added), `block1`.. (the last unit of each block), and
+  `features` (the last block).
   """
   units: Sequence[int] = (3, 4, 6, 3)
   output_stride: int = 16
@@ -144,20 +139,41 @@ class ResNet(nn.Module):
       grid = multi_grid if b >= len(self.units) - 1 else (1,) * len(block_plan)
       filters = w(64 * 2**min(b, 3))
       for u, (stride, rate) in enumerate(block_plan):
-        x = Bottleneck(filters, stride, rate * grid[u], subsample_shortcut=self.layout == 'tfslim',
-                       norm=self.norm, dtype=self.dtype, name=f'block{b + 1}_unit{u + 1}')(x)
+        x, conv3 = Bottleneck(filters, stride, rate * grid[u],
+                              subsample_shortcut=self.layout == 'tfslim', norm=self.norm,
+                              dtype=self.dtype, name=f'block{b + 1}_unit{u + 1}')(x)
         endpoints[f'block{b + 1}_unit{u + 1}'] = x
+        endpoints[f'block{b + 1}_unit{u + 1}_conv3'] = conv3
       endpoints[f'block{b + 1}'] = x
     endpoints['features'] = x
     return endpoints
 
 
 def default_low_level_endpoint(units: Sequence[int], layout: str) -> str:
-  """The stride-4 endpoint the v3+ decoder reads: block1, or the unit before its stride."""
+  """The stride-4 endpoint the v3+ decoder reads: block1; for 'tfslim', as the public DeepLab
+  code, the pre-shortcut conv3 of the unit before block1's stride (its `block1/unit_2/
+  bottleneck_v1/conv3`), or the stem when block1 has one unit."""
   if layout != 'tfslim':
     return 'block1'
-  return f'block1_unit{units[0] - 1}' if units[0] > 1 else 'stem'
+  return f'block1_unit{units[0] - 1}_conv3' if units[0] > 1 else 'stem'
 
 
 ResNet50 = functools.partial(ResNet, units=(3, 4, 6, 3))
 ResNet101 = functools.partial(ResNet, units=(3, 4, 23, 3))
+
+
+def from_config(model_config):
+  """(ResNet partial, its stride-4 endpoint) from the model config (configs/common.py)."""
+  c, b = model_config, model_config.backbone
+  layers.reject_backbone_fields(b, 'preactivation')
+  if b.layout not in LAYOUTS:
+    raise UserError(f'model.backbone.layout={b.layout!r} is not one of {LAYOUTS}.')
+  variant = {'resnet50': ResNet50, 'resnet101': ResNet101}[b.name]
+  units = tuple(b.units) or variant.keywords['units']
+  if len(units) != 4 or min(units) < 1:
+    raise UserError(f'model.backbone.units={units} needs 4 blocks of at least 1 unit.')
+  backbone = functools.partial(
+      variant, units=units, output_stride=c.output_stride, width_multiplier=c.width_multiplier,
+      multi_grid=tuple(b.multi_grid) if b.multi_grid else None, beta_stem=b.beta_stem,
+      layout=b.layout, extra_blocks=b.extra_blocks)
+  return backbone, default_low_level_endpoint(units, b.layout)

@@ -17,8 +17,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from deeplab_jax.models import layers
+from deeplab_jax.models import strides
 
-OUTPUT_STRIDES = (8, 16, 32)
 GROUPS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))  # (channels, convs)
 
 
@@ -34,31 +34,40 @@ class VGG16(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False) -> Dict[str, Any]:
-    layers.check_output_stride(self.output_stride, OUTPUT_STRIDES)
     layers.check_rates((self.fc6_rate,), 'model.backbone.fc6_rate')
     w = functools.partial(layers.scaled, width_multiplier=self.width_multiplier)
-    # Strides of pool1..pool5 and the rate each conv group runs at.
-    plan = layers.unit_plan([2, 2, 2, 2, 2], self.output_stride, current_stride=1)
-    endpoints, rate = {}, 1
-    for g, ((channels, convs), (pool_stride, pool_rate)) in enumerate(zip(GROUPS, plan)):
+    # Each conv group and the pool after it form a unit: the group runs at the unit's rate, the
+    # pool strides by the unit's stride (1 where the output stride removed it).
+    plan = strides.unit_plan([2, 2, 2, 2, 2], self.output_stride, current_stride=1)
+    endpoints = {}
+    for g, ((channels, convs), (pool_stride, rate)) in enumerate(zip(GROUPS, plan)):
       for i in range(convs):
         x = layers.Conv(w(channels), (3, 3), padding=layers.atrous_padding(3, rate),
-                    kernel_dilation=(rate, rate), dtype=self.dtype,
-                    name=f'conv{g + 1}_{i + 1}')(x)
+                        kernel_dilation=(rate, rate), dtype=self.dtype,
+                        name=f'conv{g + 1}_{i + 1}')(x)
         x = nn.relu(x)
       endpoints[f'conv{g + 1}'] = x
       x = layers.max_pool(x, (3, 3), strides=(pool_stride, pool_stride), padding=((1, 1), (1, 1)))
-      # A pool whose stride was removed dilates every later conv.
-      rate = pool_rate * (2 if pool_stride == 1 else 1)
     endpoints['pool5'] = x
     if self.fc_features:
       dropout = nn.Dropout(self.dropout_rate, deterministic=not train)
-      x = layers.Conv(w(self.fc_features), (3, 3), padding=layers.atrous_padding(3, self.fc6_rate),
-                  kernel_dilation=(self.fc6_rate, self.fc6_rate), dtype=self.dtype,
-                  name='fc6')(x)
+      x = layers.Conv(w(self.fc_features), (3, 3),
+                      padding=layers.atrous_padding(3, self.fc6_rate),
+                      kernel_dilation=(self.fc6_rate, self.fc6_rate), dtype=self.dtype,
+                      name='fc6')(x)
       x = dropout(nn.relu(x))
       x = layers.Conv(w(self.fc_features), (1, 1), dtype=self.dtype, name='fc7')(x)
       x = dropout(nn.relu(x))
       endpoints['fc7'] = x
     endpoints['features'] = x
     return endpoints
+
+
+def from_config(model_config):
+  """(VGG16 partial, its stride-4 endpoint) from the model config (configs/common.py)."""
+  c, b = model_config, model_config.backbone
+  layers.reject_backbone_fields(b, 'units', 'preactivation', 'extra_blocks')
+  return functools.partial(VGG16, output_stride=c.output_stride,
+                           width_multiplier=c.width_multiplier, fc6_rate=b.fc6_rate,
+                           fc_features=b.fc_features, dropout_rate=b.dropout_rate), 'conv3'
+

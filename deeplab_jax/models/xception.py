@@ -4,7 +4,7 @@ Every 3x3 conv is depthwise-separable: depthwise 3x3 (atrous where the output st
 for it) -> BN -> ReLU -> pointwise 1x1 -> BN -> ReLU. Max pooling is replaced by a
 strided separable conv (the last of a module's three), with a strided 1x1 conv + BN on
 the shortcut. Output strides below 32 replace strides by rates with the TF-slim rule
-(`layers.unit_plan`), as the public DeepLab code does.
+(`strides.unit_plan`), as the public DeepLab code does.
 
 This is the paper's (and REFERENCE.md's) post-activation form. `preactivation=True` is the
 public TF code's (and its checkpoints'): every module but exit_block2 applies a ReLU before
@@ -25,8 +25,8 @@ import jax.numpy as jnp
 
 from deeplab_jax.errors import UserError
 from deeplab_jax.models import layers
+from deeplab_jax.models import strides
 
-OUTPUT_STRIDES = (8, 16, 32)
 # Entry-flow modules: (channels, stride). Each has three separable convs and a conv shortcut.
 ENTRY_FLOWS = {
     'xception65': ((128, 2), (256, 2), (728, 2)),
@@ -82,7 +82,6 @@ class Xception(nn.Module):
   def __call__(self, x, train: bool = False) -> Dict[str, Any]:
     del train
     w = functools.partial(layers.scaled, width_multiplier=self.width_multiplier)
-    layers.check_output_stride(self.output_stride, OUTPUT_STRIDES)
     multi_grid = tuple(self.multi_grid) if self.multi_grid else (1, 1, 1)
     if len(multi_grid) != 3:
       raise UserError(f'multi_grid={multi_grid} needs one rate per separable conv of the '
@@ -97,7 +96,7 @@ class Xception(nn.Module):
     modules += [(f'middle_unit{i + 1}', (728,) * 3, 'sum', 1) for i in range(self.middle_units)]
     modules += [('exit_block1', (728, 1024, 1024), 'conv', 2),
                 ('exit_block2', (1536, 1536, 2048), 'none', 1)]
-    plan = layers.unit_plan([m[3] for m in modules], self.output_stride, current_stride=2)
+    plan = strides.unit_plan([m[3] for m in modules], self.output_stride, current_stride=2)
 
     conv = functools.partial(layers.ConvBN, norm=self.norm, dtype=self.dtype)
     x = conv(w(32), 3, 2, name='entry_conv1')(x)
@@ -119,3 +118,19 @@ class Xception(nn.Module):
 
 Xception65 = functools.partial(Xception, entry_flow=ENTRY_FLOWS['xception65'])
 Xception71 = functools.partial(Xception, entry_flow=ENTRY_FLOWS['xception71'])
+
+
+def from_config(model_config):
+  """(Xception partial, its stride-4 endpoint) from the model config (configs/common.py)."""
+  c, b = model_config, model_config.backbone
+  layers.reject_backbone_fields(b, 'extra_blocks')
+  kwargs = dict(output_stride=c.output_stride, width_multiplier=c.width_multiplier,
+                multi_grid=tuple(b.multi_grid) if b.multi_grid else None,
+                preactivation=b.preactivation)
+  if b.units:
+    if len(b.units) != 1:
+      raise UserError(f'model.backbone.units={tuple(b.units)}: Xception takes one number, the '
+                      'middle-flow units (16).')
+    kwargs['middle_units'] = b.units[0]
+  variant = {'xception65': Xception65, 'xception71': Xception71}[b.name]
+  return functools.partial(variant, **kwargs), LOW_LEVEL_ENDPOINTS[b.name]
