@@ -1,5 +1,6 @@
 """Orbax checkpointing of the train state in the workdir: keep-N, asynchronous, resumable."""
 
+import json
 import os
 
 from absl import logging
@@ -35,41 +36,61 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state):
   return restored['state']
 
 
-# Errors of the storage rather than of the checkpoint: they stop the run, the checkpoint stays.
-# (TensorStore's errors are ValueErrors whose message starts with the status code.)
-_STORAGE_ERRORS = (PermissionError, MemoryError, ConnectionError, TimeoutError)
-_STORAGE_CODES = ('UNAVAILABLE', 'DEADLINE_EXCEEDED', 'PERMISSION_DENIED', 'UNAUTHENTICATED',
-                  'RESOURCE_EXHAUSTED', 'CANCELLED', 'ABORTED')
+# What a damaged checkpoint raises: a truncated array file (TensorStore's OUT_OF_RANGE or
+# DATA_LOSS), a file missing inside the step, a metadata file cut short (a JSON error). Any other
+# error (storage, permissions, an accelerator's) stops the run with the checkpoint in place.
+_DAMAGE_CODES = ('OUT_OF_RANGE', 'DATA_LOSS', 'NOT_FOUND')
 
 
-def restore_latest(manager: ocp.CheckpointManager, abstract_state):
-  """Restores the newest checkpoint that can be read: (state, step), or (None, None) if none.
+def is_damaged(error: Exception) -> bool:
+  """Whether `error`, raised by a restore, says the checkpoint is damaged (see above)."""
+  if isinstance(error, (json.JSONDecodeError, FileNotFoundError)):
+    return True
+  return isinstance(error, ValueError) and any(code in str(error) for code in _DAMAGE_CODES)
 
-  A checkpoint that cannot be read (a truncated or missing file inside it) is named in one
-  warning and moved, not deleted, to WORKDIR/checkpoints_unreadable/STEP, out of the manager's
-  sight; the one before it is tried next. A checkpoint of another model (UserError) and errors
-  of the storage itself (permissions, an unavailable bucket) stop the run with the checkpoint
-  in place; so does an unreadable one when several processes share the workdir."""
-  while (step := manager.latest_step()) is not None:
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state, set_aside: bool = True):
+  """Restores the newest checkpoint that can be read: (state, step), or (None, None) if there
+  is none at all.
+
+  A damaged checkpoint (a truncated or missing file inside it) is named in one warning and,
+  with `set_aside`, moved, not deleted, to WORKDIR/checkpoints_unreadable/STEP, out of the
+  manager's sight; the one before it is tried next. Without `set_aside` (an evaluator beside a
+  running trainer, which must not move the trainer's files) it is only skipped. If none is left
+  that can be read, the run stops rather than start again from scratch. A checkpoint of another
+  model (UserError), any other error, and a damaged checkpoint when several processes share the
+  workdir stop the run with the checkpoint in place."""
+  skipped = []
+  for step in sorted(manager.all_steps(), reverse=True):
     try:
       return restore(manager, step, abstract_state), step
     except UserError:
       raise
     except Exception as e:  # pylint: disable=broad-except
-      if isinstance(e, _STORAGE_ERRORS) or str(e).startswith(_STORAGE_CODES):
+      if not is_damaged(e):
         raise
       reason = _first_line(e)
-      if jax.process_count() > 1:  # one process moving what the others read is a race
+      if set_aside and jax.process_count() > 1:  # one process moving what others read: a race
         raise UserError(
             f'the checkpoint of step {step} in {manager.directory} cannot be read ({reason}); '
             f'move it out of that directory (to {_set_aside_path(manager, step)}, say) and run '
             'again to resume from the one before it.') from e
+      if not set_aside:
+        logging.warning('Checkpoint %d in %s cannot be read (%s); trying the one before it.',
+                        step, manager.directory, reason)
+        skipped.append(str(manager.directory / str(step)))
+        continue
       target = _set_aside_path(manager, step)
       target.parent.mkdir(parents=True, exist_ok=True)
       (manager.directory / str(step)).rename(target)
       manager.reload()
+      skipped.append(str(target))
       logging.warning('Checkpoint %d in %s cannot be read (%s): moved to %s; trying the one '
                       'before it.', step, manager.directory, reason, target)
+  if skipped:
+    raise UserError(f'no checkpoint in {manager.directory} can be read ({", ".join(skipped)} '
+                    'cannot); the run stops rather than start from scratch. Move them back '
+                    'once repaired, or give another --workdir.')
   return None, None
 
 

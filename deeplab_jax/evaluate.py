@@ -9,6 +9,7 @@ label, so they count in no metric.
 """
 
 import json
+import os
 import uuid
 from typing import Callable, Dict, List, Tuple
 
@@ -168,8 +169,7 @@ def evaluate(config, state, eval_step, dataset, mesh, writer, workdir: str, step
     cm, predictions = eval_step(state, sharding.to_global(mesh, padded))
     confusion += np.asarray(jax.device_get(cm), np.int64)
     if i == 0 and config.eval.num_images_to_write:
-      # Process 0's rows come first in the global batch.
-      predictions = multihost_utils.process_allgather(predictions, tiled=True)
+      predictions = _local_rows(predictions, mesh)
       n = min(config.eval.num_images_to_write, int(local['mask'].sum()))
       h = local['label'].shape[1]
       images_to_write = panels(local['image'][:n], local['label'][:n], predictions[:n, :h],
@@ -188,6 +188,15 @@ def evaluate(config, state, eval_step, dataset, mesh, writer, workdir: str, step
   if jax.process_index() == 0:
     append_evaluation(workdir, result)
   return result
+
+
+def _local_rows(predictions, mesh) -> np.ndarray:
+  """This process's rows of the predictions, in its local batch's order: the mesh's device
+  order (jax.make_mesh's, topology-aware) need not put process 0's rows first."""
+  if not isinstance(predictions, jax.Array) or predictions.is_fully_addressable:
+    return np.asarray(predictions)  # the CRF path's are local already; one process: all
+  return np.asarray(multihost_utils.global_array_to_host_local_array(
+      predictions, mesh, predictions.sharding.spec))
 
 
 def _nan_to_none(x):
@@ -231,7 +240,14 @@ def append_evaluation(workdir: str, result: Dict) -> None:
   lines = [line for line, _ in read_evaluations(workdir)]
   lines.append(json.dumps(_nan_to_none(result)))
   temp = path.parent / f'.{EVALS_FILE}.{uuid.uuid4().hex}.tmp'
-  temp.write_text('\n'.join(lines) + '\n')
+  text = '\n'.join(lines) + '\n'
+  if '://' in str(path):
+    temp.write_text(text)
+  else:  # on a local disk the data must reach it before the rename, or a crash may empty it
+    with open(temp, 'w') as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
   temp.replace(path)
 
 

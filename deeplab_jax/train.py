@@ -48,7 +48,7 @@ def _check_finite(pending, last_checkpoint, workdir):
 class _Setup:
   """Everything train and eval share: mesh, data, model, optimizer, state, checkpoints."""
 
-  def __init__(self, config, workdir):
+  def __init__(self, config, workdir, training: bool = True):
     tf.config.set_visible_devices([], 'GPU')  # tf.data only; accelerators are JAX's.
     steps.validate_config(config)
     self.mesh = sharding.make_mesh(config.mesh)
@@ -67,8 +67,10 @@ class _Setup:
     init, self.abstract_state, self.state_shardings = steps.create_train_state(
         self.model, self.tx, config, self.mesh, self.rng)
     self.manager = checkpointing.make_manager(workdir, config.train.keep_checkpoints)
-    # The newest readable checkpoint; unreadable ones are set aside (checkpoints_unreadable/).
-    self.state, latest = checkpointing.restore_latest(self.manager, self.abstract_state)
+    # The newest readable checkpoint. Training sets damaged ones aside
+    # (checkpoints_unreadable/); an evaluator, perhaps beside a running trainer, only skips them.
+    self.state, latest = checkpointing.restore_latest(self.manager, self.abstract_state,
+                                                      set_aside=training)
     if latest is not None:
       logging.info('Resuming from %s/checkpoints step %d.', workdir, latest)
     else:
@@ -112,8 +114,8 @@ def _init_from(state, shardings, source: str):
 
 
 def evaluate_checkpoint(config, workdir: str):
-  """Evaluates the workdir's latest checkpoint once on config.eval.split."""
-  setup = _Setup(config, workdir)
+  """Evaluates the workdir's latest readable checkpoint once on config.eval.split."""
+  setup = _Setup(config, workdir, training=False)
   step = setup.latest_checkpoint
   if step is None:
     if not config.init_from:
@@ -134,7 +136,7 @@ def evaluate_continuously(config, workdir: str, sleep=time.sleep, clock=time.mon
   evaluated, or when no new checkpoint has appeared for eval.wait_seconds. Steps that already
   have a line in evals.jsonl for this split are not evaluated again.
   """
-  setup = _Setup(config, workdir)
+  setup = _Setup(config, workdir, training=False)
   done = set()
   last_seen = clock()
   while True:
@@ -146,8 +148,12 @@ def evaluate_continuously(config, workdir: str, sleep=time.sleep, clock=time.mon
         continue
       try:
         setup.state = checkpointing.restore(setup.manager, step, setup.abstract_state)
-      except FileNotFoundError:  # removed by checkpoint retention since it was listed
-        logging.warning('Checkpoint %d disappeared before it could be evaluated.', step)
+      except Exception as e:  # pylint: disable=broad-except
+        # Removed by checkpoint retention since it was listed, or damaged: the trainer's.
+        if not checkpointing.is_damaged(e):
+          raise
+        logging.warning('Checkpoint %d cannot be read (%s); not evaluated.', step,
+                        str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
         continue
       setup.evaluate(config, workdir, step)
       setup.writer.flush()

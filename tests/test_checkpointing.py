@@ -168,22 +168,39 @@ def test_an_unreadable_latest_checkpoint_is_set_aside_and_the_one_before_restore
   assert checkpointing.make_manager(str(tmp_path), keep=3).latest_step() == 2
 
 
-def test_nothing_readable_means_a_fresh_start_and_a_storage_error_stops(tmp_path, monkeypatch):
+def test_other_errors_stop_and_nothing_readable_stops_too(tmp_path, monkeypatch):
   state = {'params': {'conv': {'kernel': jnp.arange(96.0).reshape(8, 12)}}}
   manager = _save(tmp_path, state)
-  monkeypatch.setattr(checkpointing, 'restore',
-                      lambda *a: (_ for _ in ()).throw(PermissionError('denied')))
-  with pytest.raises(PermissionError):
-    checkpointing.restore_latest(manager, _abstract(state))
-  monkeypatch.setattr(checkpointing, 'restore', lambda *a: (_ for _ in ()).throw(
-      ValueError('UNAVAILABLE: the bucket is not reachable')))
-  with pytest.raises(ValueError, match='UNAVAILABLE'):
-    checkpointing.restore_latest(manager, _abstract(state))
-  assert manager.all_steps() == [3]  # kept in place
+  for error in (PermissionError('denied'), ValueError('UNAVAILABLE: the bucket is gone'),
+                RuntimeError('INTERNAL: an accelerator error')):
+    monkeypatch.setattr(checkpointing, 'restore',
+                        lambda *a, e=error: (_ for _ in ()).throw(e))
+    with pytest.raises(type(error)):
+      checkpointing.restore_latest(manager, _abstract(state))
+    assert manager.all_steps() == [3]  # kept in place
   monkeypatch.undo()
   truncate_data_files(tmp_path / 'checkpoints' / '3')
-  assert checkpointing.restore_latest(manager, _abstract(state)) == (None, None)
+  # An evaluator skips it without moving the trainer's files; nothing readable is an error.
+  with pytest.raises(UserError, match='no checkpoint .* can be read'):
+    checkpointing.restore_latest(manager, _abstract(state), set_aside=False)
+  assert manager.all_steps() == [3]
+  with pytest.raises(UserError, match='checkpoints_unreadable/3'):
+    checkpointing.restore_latest(manager, _abstract(state))
   assert (tmp_path / 'checkpoints_unreadable' / '3').is_dir()
+
+
+def test_an_evaluator_skips_a_damaged_checkpoint_without_moving_it(tmp_path):
+  state = {'params': {'conv': {'kernel': jnp.arange(96.0).reshape(8, 12)}}}
+  manager = checkpointing.make_manager(str(tmp_path), keep=3)
+  for step in (2, 4):
+    checkpointing.save(manager, step, jax.tree.map(lambda x, s=step: x + s, state))
+  manager.wait_until_finished()
+  truncate_data_files(tmp_path / 'checkpoints' / '4')
+  restored, step = checkpointing.restore_latest(manager, _abstract(state), set_aside=False)
+  assert step == 2 and manager.all_steps() == [2, 4]
+  np.testing.assert_array_equal(restored['params']['conv']['kernel'],
+                                np.arange(96.0).reshape(8, 12) + 2)
+  assert not (tmp_path / 'checkpoints_unreadable').exists()
 
 
 def test_another_model_is_not_set_aside(tmp_path):

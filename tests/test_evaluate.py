@@ -6,7 +6,6 @@ import logging
 import os
 import sys
 
-from etils import epath
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -262,17 +261,15 @@ def test_a_damaged_evals_line_is_skipped_and_dropped_at_the_next_write(tmp_path,
 
 
 def test_evals_are_written_atomically(tmp_path, monkeypatch):
-  """A write that dies half way leaves the previous file as it was."""
+  """A write killed before its rename leaves the previous file as it was."""
   path = tmp_path / 'evals.jsonl'
   evaluate.append_evaluation(str(tmp_path), _row(2))
   before = path.read_text()
-  real = type(epath.Path(tmp_path)).write_text
 
-  def dies_half_way(self, text, *args, **kwargs):
-    real(self, text[:len(text) // 2], *args, **kwargs)
+  def killed(fd):  # the new file written, not yet renamed over the old one
     raise KeyboardInterrupt('killed')
 
-  monkeypatch.setattr(type(epath.Path(tmp_path)), 'write_text', dies_half_way)
+  monkeypatch.setattr(evaluate.os, 'fsync', killed)
   with pytest.raises(KeyboardInterrupt):
     evaluate.append_evaluation(str(tmp_path), _row(4))
   assert path.read_text() == before

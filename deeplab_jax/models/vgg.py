@@ -70,4 +70,3 @@ def from_config(model_config):
   return functools.partial(VGG16, output_stride=c.output_stride,
                            width_multiplier=c.width_multiplier, fc6_rate=b.fc6_rate,
                            fc_features=b.fc_features, dropout_rate=b.dropout_rate), 'conv3'
-
