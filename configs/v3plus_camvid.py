@@ -4,10 +4,9 @@
       --config.data.root=/path/to/folder_holding_CamVid --workdir=/tmp/camvid
 
 Variants: `v3plus_camvid.py` is the full recipe (ResNet-101 OS16 at 360 x 480, batch 16);
-`v3plus_camvid.py:cpu` is a small DeepLabv3+ (3.26M parameters) at 3/4 resolution that trains
-on 2 CPU cores in about 30 minutes (val mIoU 0.611, 0.595 and 0.611 with seeds 0, 1 and 2;
-seeds 0 and 1 took 28.5 to 29.6 min on an AMD EPYC, 2026-12-02; see benchmarks/RESULTS.md,
-"Learning on real CamVid");
+`v3plus_camvid.py:cpu` is a small DeepLabv3+ (3.26M parameters) at 3/4 resolution, sized to
+train on 2 CPU cores in about 30 minutes; its val mIoU per seed (with evaluation settings
+chosen on val), wall times and commands: benchmarks/RESULTS.md, "Learning on real CamVid";
 `:smoke` runs a few steps for tests (the small model at half resolution).
 Validation is always scored at CamVid's full 360 x 480.
 """
@@ -53,8 +52,9 @@ def get_config(arg=None):
     config.train.checkpoint_every_steps = 500
     config.train.eval_every_steps = 1100
   if arg == 'cpu':
-    # Measured best in 30 minutes (README.md): 3/4 resolution with larger crops and fewer
-    # steps, online hard example mining, and sliding-window evaluation at the end.
+    # The best of the recipes measured for a 30-minute run (benchmarks/RESULTS.md, "Learning on
+    # real CamVid"): 3/4 resolution with larger crops and fewer steps, online hard example
+    # mining, and sliding-window evaluation at the end.
     config.data.image_scale = 0.75       # 270 x 360
     config.data.crop_size = (216, 288)
     config.train.num_steps = 1600
@@ -64,13 +64,14 @@ def get_config(arg=None):
     # Heads of 128 x 0.375 = 48 channels (ASPP and decoder): 38 % fewer FLOPs a step than 96.
     config.model.aspp.features = 128
     config.model.decoder.features = 128
-    # Pole and sign, the thinnest classes, weigh 3 and 2 in the loss (RESULTS.md: without it
-    # the model never predicts pole right; median-frequency weights on every class cost the
-    # large ones).
+    # Pole and sign, the thinnest classes, weigh 3 and 2 in the loss (benchmarks/RESULTS.md:
+    # without it the model never predicts pole right; median-frequency weights on every class
+    # cost the large ones).
     config.train.class_weights = (1, 1, 3, 1, 1, 1, 2, 1, 1, 1, 1)
     config.eval.mode = 'sliding'         # windows of the training crop
     # Scored at 7/8 of the training images' size (0.656 of CamVid's, 236 x 315): each window
-    # then holds most of the image. Chosen on val (RESULTS.md): +0.5 to +0.8 mIoU on four models.
+    # then holds most of the image. Chosen on val (benchmarks/RESULTS.md): +0.5 to +0.8 mIoU on
+    # four models.
     config.eval.scales = (0.875,)
     config.data.in_memory = True         # the 367 training images decoded once
   if arg == 'smoke':

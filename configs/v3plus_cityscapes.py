@@ -11,7 +11,7 @@ multi-grid (1, 2, 4) and plain convs, weight decay 1e-4), `tf_zoo` (the public T
 network, which the zoo's `xception65_cityscapes_trainfine` converts into:
 `common.use_tf_zoo`), `smoke` (a tiny model for tests).
 
-data.root holds the two official zips or their extracted folders (see README.md, Data).
+data.root holds the two official zips or their extracted folders (see docs/data.md).
 """
 
 from configs import common

@@ -2,13 +2,14 @@
 
 XLA:CPU takes each step's large buffers from malloc and frees them at the end of the step.
 glibc serves every block over its mmap threshold (at most 32 MiB) with a fresh mmap and
-unmaps it on free, so each step faults all of those pages in again: for the CamVid CPU recipe
-about 100,000 page faults and five 130 MB maps per step, a fifth of the step's time on two
-cores (benchmarks/RESULTS.md). `retain_freed_memory` asks glibc to serve every block from
-its main heap, never to map one apart, and not to give the heap's free top back to the
-system, so the second step reuses the first step's pages. The process then holds its peak
-host memory until it exits, and one heap fragments more: peak RSS rose by a third in the
-runs measured. `--retain_host_memory=false` leaves malloc as it is.
+unmaps it on free, so each step faults all of those pages in again: in the CamVid CPU recipe,
+over a hundred thousand page faults a step, up to a fifth of the step's time on two cores
+(figures and commands: benchmarks/RESULTS.md, "Optimisation record", item 8).
+`retain_freed_memory` asks glibc to serve every block from its main heap, never to map one
+apart, and not to give the heap's free top back to the system, so the second step reuses the
+first step's pages. The process then holds its peak host memory until it exits, and one heap
+fragments more, so peak RSS is higher (by about a third in the runs of that item).
+`--retain_host_memory=false` leaves malloc as it is.
 """
 
 import ctypes

@@ -61,10 +61,11 @@ def kth_largest(values: jax.Array, k) -> jax.Array:
   A radix select, not a sort: non-negative floats order as their bit patterns do as integers,
   so the answer's 31 bits are found from the top, one pass of counting over `values` each (is
   the count of values at or above the prefix with this bit set still >= k?). On XLA:CPU a sort
-  of a batch's pixel losses runs on one thread and took an eighth of the CamVid recipe's step,
-  where the 31 counts are too small to show in its profile (benchmarks/RESULTS.md); under a
-  sharded batch they are 31 scalar all-reduces where a sort gathers every pixel. A NaN counts
-  as the largest value or as 0, by its sign bit (a sort puts every NaN last).
+  of a batch's pixel losses runs on one thread and was the largest op in a profile of the
+  CamVid CPU recipe's step, where the 31 counts are too small to show (benchmarks/RESULTS.md,
+  "Optimisation record", item 5); under a sharded batch they are 31 scalar all-reduces where
+  a sort gathers every pixel. A NaN counts as the largest value or as 0, by its sign bit (a
+  sort puts every NaN last).
   """
   keys = jax.lax.bitcast_convert_type(jnp.maximum(values, 0.0).astype(jnp.float32), jnp.int32)
 

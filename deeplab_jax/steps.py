@@ -22,8 +22,8 @@ from deeplab_jax.errors import UserError
 
 class TrainState(train_state.TrainState):
   """flax's TrainState (step, params, opt_state; apply_fn and tx static) with the BatchNorm
-  statistics, as in flax's ImageNet example. Checkpoints name the leaves by field, so those of
-  the earlier dataclass with the same four array fields restore into it."""
+  statistics, as in flax's ImageNet example. Checkpoints name the leaves by field, so a
+  checkpoint of a plain dataclass with the same four array fields restores into it."""
   batch_stats: Any = None
 
 

@@ -6,7 +6,7 @@
   python launch/summarize.py --sweep=/tmp/rates
 
 Each --grid is FIELD=V1;V2;...; the runs are the product of all grids. Arguments after
-`--` go to every run. Runs go one after another on this machine (each resumes if it was
+`--` go to every run. Runs go one after another on the local machine (each resumes if it was
 stopped: relaunch the same command); with --print_only the commands are printed instead,
 one per line, for a cluster's job array. WORKDIR/sweep.json lists the runs for summarize.py.
 """

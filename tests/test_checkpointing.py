@@ -1,5 +1,5 @@
 """Restoring a workdir's checkpoint: a checkpoint of another model is named, not a traceback;
-an unreadable one is set aside; the earlier train state's checkpoints still restore."""
+an unreadable one is set aside; checkpoints of a plain-dataclass train state still restore."""
 
 import flax
 import jax
@@ -80,7 +80,8 @@ def test_a_train_state_with_optimizer_state_resumes_and_a_wider_one_is_named(tmp
 
 @flax.struct.dataclass
 class _OldTrainState:
-  """The train state's layout before it was built on flax's TrainState."""
+  """A plain-dataclass train state with TrainState's four array fields, whose checkpoints
+  must still restore."""
   step: jax.Array
   params: dict
   batch_stats: dict

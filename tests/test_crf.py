@@ -161,7 +161,7 @@ def test_smoothness_kernel_matches_exact_mean_field():
 def test_full_crf_matches_exact_mean_field_with_the_lattice_kernel(seed):
   """Both kernels, mean field computed densely in float64 with the appearance kernel that the
   lattice realises (its N x N matrix, filtered column by column): equal to 1e-4. With the true
-  Gaussian in its place the lattice's approximation shows (README.md, "Dense CRF")."""
+  Gaussian in its place they differ, since the lattice only approximates that Gaussian."""
   image, log_probs = tiny_inputs(seed)
   h, w, _ = image.shape
   got = np.asarray(dense_crf(image, log_probs, **PARAMS))

@@ -159,7 +159,7 @@ def test_train_spec_adds_color_jitter_before_normalize():
 
 def test_train_spec_normalizes_the_crop_last_as_if_it_normalized_first():
   """Padding with the mean colour and normalising the crop gives exactly what normalising
-  the whole image and padding it with 0 gave (the order before), at a fraction of the work."""
+  the whole image and padding it with 0 gives, at a fraction of the work."""
   from configs import common  # pylint: disable=g-import-not-at-top
   from deeplab_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
   config = common.get_base_config().data

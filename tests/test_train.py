@@ -236,7 +236,7 @@ def test_evaluation_with_the_dense_crf(tmp_path, cache_dir, two_steps):
   result = train.evaluate_checkpoint(config, workdir)
   # The CRF's program takes the argmax of log-probabilities, the plain one of logits, and XLA
   # compiles the model into each differently: a pixel whose two best classes are within float
-  # rounding may flip (one of 1,843,200 did after 7ce6d59), so allow a few pixels, no more.
+  # rounding may flip, so allow a few pixels, no more.
   assert result['miou'] == pytest.approx(plain['miou'], abs=1e-5)
   assert result['pixel_accuracy'] == pytest.approx(plain['pixel_accuracy'], abs=1e-5)
   config.eval.crf.iterations = 5

@@ -254,8 +254,8 @@ def max_pool(x: jax.Array, window_shape: Sequence[int], strides: Sequence[int],
   written out (`_slice_max`): each output's gradient goes to the first tap that equals it, as
   reduce_window's does, so values and gradients are those of nn.max_pool. For nn.max_pool's
   reduce_window XLA:CPU computes the gradient as a reduce_window over (value, index) pairs
-  with an index grid per axis: in the CamVid recipe's step the stem's pool took about 80 ms
-  of 1.15 s of op time that way (benchmarks/RESULTS.md, "Optimisation record").
+  with an index grid per axis, among the largest ops in a profile of the CamVid CPU recipe's
+  step (benchmarks/RESULTS.md, "Optimisation record", item 7).
   """
   if isinstance(padding, str):
     pads = jax.lax.padtype_to_pads(x.shape[1:-1], window_shape, strides, padding)

@@ -125,8 +125,8 @@ _HELPER = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='dense_crf
 
 
 def _mean_field(lat, log_probs, valid, w1, w2, s_gamma, iterations, exact=False):
-  """Mean field as a sequence of jitted stages. Compiled as one program, XLA fused each
-  iteration's slice, smoothness blur and update into one loop whose gathers kept it from
+  """Mean field as a sequence of jitted stages. Compiled as one program, XLA fuses each
+  iteration's slice, smoothness blur and update into one loop whose gathers keep it from
   vectorising, about half of the iteration's time on the CPU (benchmarks/RESULTS.md, "Dense
   CRF"; `benchmarks/crf.py --stages` times the stages). After the first, updates are shifted
   by a bound rather than by the max over classes (see _update); exact=True shifts every one by
