@@ -1,7 +1,10 @@
 r"""Exports a trained model as a serving function: a TF SavedModel or a StableHLO artifact.
 
-  python -m deeplab_jax.export --config=configs/v3plus_camvid.py:cpu --workdir=/tmp/camvid \
-      --format=savedmodel --output=/tmp/camvid_savedmodel [--probabilities]
+  python -m deeplab_jax.export --config=configs/quickstart.py --workdir=/tmp/quickstart \
+      --format=savedmodel --output=/tmp/quickstart_savedmodel [--probabilities]
+
+A config that evaluates with windows or at another input scale (configs/v3plus_camvid.py:cpu)
+needs --config.eval.mode=whole --config.eval.scales='(1.0,)' --config.eval.input_scale=1.0.
 
 The function takes uint8 RGB images [B, H, W, 3] of any batch and size and returns int32
 label maps [B, H, W] (and, with --probabilities, float32 softmax probabilities [B, H, W, K]).

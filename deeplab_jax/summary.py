@@ -1,6 +1,10 @@
 r"""What a config's model costs: parameters, multiply-adds, receptive field, ASPP taps.
 
   python -m deeplab_jax.summary --config=configs/v3plus_cityscapes.py --crop=513,513 [--json]
+  python -m deeplab_jax.summary --table
+
+`--table` prints README's model table: one Markdown row for each config of `TABLE_ROWS`, at
+the config's own training crop (`config.data.crop_size`), without the receptive field.
 
 Multiply-adds count every convolution (kernel taps x input channels per group x output
 channels x output pixels) of one image at inference, image pooling at its 1 x 1 size; the
@@ -22,6 +26,7 @@ feature size a 3x3 filter degenerates to its centre tap.
 import copy
 import json
 import math
+import os
 from typing import Any, Dict, Sequence, Tuple
 from unittest import mock
 
@@ -39,6 +44,32 @@ from deeplab_jax.models import layers
 from deeplab_jax.models import registry
 
 FLAGS = flags.FLAGS
+# The repository root: `TABLE_ROWS` name config files relative to it.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# README's model table: one row per system and variant, as `--config` names them.
+TABLE_ROWS = (
+    'configs/v1_voc.py',
+    'configs/v2_voc.py',
+    'configs/v3_voc.py',
+    'configs/v3_voc.py:resnet50',
+    'configs/v3_voc.py:cascade',
+    'configs/v3_voc.py:context_module',
+    'configs/v3_cityscapes.py',
+    'configs/v3_torchvision.py:resnet50',
+    'configs/v3_torchvision.py:resnet101',
+    'configs/v3_torchvision.py:resnet50,aux,fcn',
+    'configs/v3plus_voc.py',
+    'configs/v3plus_voc.py:resnet101',
+    'configs/v3plus_voc.py:xception71',
+    'configs/v3plus_cityscapes.py',
+    'configs/v3plus_ade20k.py',
+    'configs/v3plus_mobilenet_voc.py',
+    'configs/v3plus_mobilenet_voc.py:dm05',
+    'configs/v3plus_camvid.py',
+    'configs/v3plus_camvid.py:cpu',
+    'configs/quickstart.py',
+)
+TABLE_COLUMNS = ('config', 'backbone', 'context', 'OS', 'crop', 'params', 'multiply-adds')
 
 
 def define_flags():
@@ -46,6 +77,8 @@ def define_flags():
   config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
   flags.DEFINE_string('crop', '', 'H,W of the input; default: the config\'s crop size.')
   flags.DEFINE_bool('json', False, 'Print one JSON object.')
+  flags.DEFINE_bool('table', False, 'Print the Markdown model table of TABLE_ROWS (README\'s); '
+                    'takes no --config.')
 
 
 def parse_crop(text: str) -> Tuple[int, int]:
@@ -200,10 +233,82 @@ def format_text(r: Dict[str, Any]) -> str:
   return '\n'.join(lines)
 
 
+def load_config(spec: str, root: str = ROOT):
+  """The config that `--config=spec` gives (`path[:variant]`, path relative to `root`).
+
+  Read by ml_collections' config_flags, as `--config` is: the file is loaded by its path and
+  its `get_config(variant)` called. The file's own imports (`from configs import common`)
+  need the repository root on `sys.path`, as `python -m` from the root gives.
+  """
+  path, colon, variant = spec.partition(':')
+  full = os.path.join(root, path)
+  if not os.path.isfile(full):
+    raise UserError(f'config file {full!r} not found (from {spec!r}).')
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, flag_values=flag_values, lock_config=False)
+  flag_values(['summary', f'--config={full}{colon}{variant}'])
+  return flag_values.config
+
+
+def _one_decimal(value: float) -> str:
+  """41.1 for 41,054,899 / 1e6; two significant digits below 1 (0.079), where 0.1 says little."""
+  return f'{value:.1f}' if value >= 1 else f'{value:.2g}'
+
+
+def table_row(spec: str, root: str = ROOT) -> Dict[str, str]:
+  """One row of the model table (a cell per TABLE_COLUMNS) at the config's training crop.
+
+  The backbone cell adds units per block where a config sets them and the channel multiplier
+  where it is not 1; the context cell names a cascade (extra copies of block4), the v3+
+  decoder, an auxiliary head and the input scales of a multi-scale model.
+  """
+  config = load_config(spec, root)
+  r = summarize(config, with_receptive_field=False)
+  m = config.model
+  heads = [f'cascade (blocks 5-{4 + m.backbone.extra_blocks})'] if m.backbone.extra_blocks else []
+  if r['context'] != 'none' or not heads:
+    heads.append(r['context'])
+  if r['model'] == 'deeplabv3plus':
+    heads.append('decoder')
+  if m.aux_head.endpoint:
+    heads.append('aux')
+  if len(m.input_scales) > 1:  # v2: the network runs on each scale (multiply-adds count all)
+    heads.append(f'{len(m.input_scales)} scales')
+  backbone = r['backbone']
+  if m.backbone.units:
+    backbone += f" ({'-'.join(str(u) for u in m.backbone.units)} units)"
+  width = m.width_multiplier
+  if r['backbone'] == 'mobilenetv2':
+    width *= m.backbone.depth_multiplier
+  if width != 1:
+    backbone += f' x{width:g}'
+  return {'config': f'`{spec}`', 'backbone': backbone, 'context': ' + '.join(heads),
+          'OS': str(r['output_stride']), 'crop': f"{r['crop'][0]} x {r['crop'][1]}",
+          'params': f"{_one_decimal(r['params'] / 1e6)} M",
+          'multiply-adds': f"{_one_decimal(r['macs'] / 1e9)} B"}
+
+
+def format_table(rows: Sequence[Dict[str, str]]) -> str:
+  lines = ['| ' + ' | '.join(TABLE_COLUMNS) + ' |',
+           '|' + '|'.join('---:' if c in ('OS', 'params', 'multiply-adds') else '---'
+                          for c in TABLE_COLUMNS) + '|']
+  lines += ['| ' + ' | '.join(row[c] for c in TABLE_COLUMNS) + ' |' for row in rows]
+  return '\n'.join(lines)
+
+
 def main(argv):
   del argv
   config = FLAGS.config
   try:
+    if FLAGS.table:
+      if config is not None or FLAGS.crop or FLAGS.json:
+        raise UserError('--table prints TABLE_ROWS at each config\'s own crop as Markdown; '
+                        'it takes no --config, --crop or --json.')
+      print(format_table([table_row(spec) for spec in TABLE_ROWS]))
+      return
+    if config is None:
+      raise UserError('give --config=configs/NAME.py[:variant] (one model), or --table '
+                      '(the model table of README).')
     crop = parse_crop(FLAGS.crop) if FLAGS.crop else None
     result = summarize(config, crop)
   except UserError as e:
@@ -214,5 +319,4 @@ def main(argv):
 if __name__ == '__main__':
   jax.config.update('jax_platforms', 'cpu')
   define_flags()
-  flags.mark_flags_as_required(['config'])
   app.run(main)
