@@ -246,6 +246,7 @@ def check_model_table(path):
       + problems)
 
 
+@pytest.mark.slow
 def test_readme_model_table_matches_summary():
   check_model_table(README)
 

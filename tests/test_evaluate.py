@@ -190,6 +190,7 @@ def test_bad_eval_output_stride():
     inference.build_eval_model(config, 5)
 
 
+@pytest.mark.slow
 def test_continuous_evaluation_follows_training_and_stops_by_itself(tmp_path, cache_dir):
   workdir = str(tmp_path / 'run')
   config = quickstart.get_config('smoke')

@@ -33,6 +33,7 @@ def run(num_processes, devices_per_process, workdir, cache_dir, env):
   return losses_of(result.stderr), open(os.path.join(workdir, 'evals.jsonl')).read()
 
 
+@pytest.mark.slow
 def test_two_processes_agree_with_one(tmp_path, cache_dir, subprocess_env):
   """2 processes x 1 device train 4 steps; their checkpoint at step 2 resumes in 1 process x 2
   devices, which then gives the same losses at steps 3 and 4 and the same mIoU at step 4. Step
@@ -54,6 +55,7 @@ def test_two_processes_agree_with_one(tmp_path, cache_dir, subprocess_env):
   assert miou(evals_one) == pytest.approx(miou(evals_many), abs=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('how', ['killed', 'frozen'])
 def test_a_dead_peer_stops_the_others(tmp_path, cache_dir, how, subprocess_env):
   """Process 1 is SIGKILLed (its collectives fail at once) or SIGSTOPped (nothing fails; JAX's

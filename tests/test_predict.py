@@ -17,6 +17,7 @@ from deeplab_jax.errors import UserError
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_predict_writes_labels_and_overlays(tmp_path, cache_dir):
   config = quickstart.get_config('smoke')
   config.data.cache_dir = cache_dir

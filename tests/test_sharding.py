@@ -39,6 +39,7 @@ def one_step(mesh_config, devices):
   return updates, jax.device_get(state.batch_stats), float(metrics['loss'])
 
 
+@pytest.mark.slow
 def test_eight_devices_match_one_device(monkeypatch):
   """Loss and BatchNorm statistics agree in float32 with the batch over 8 devices; with the
   batch over 2 and the height over 4 they agree in float64 to a rounding, and so do the

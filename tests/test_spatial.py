@@ -160,6 +160,7 @@ def numpy_miou(confusion):
   return np.mean(tp[union > 0] / union[union > 0])
 
 
+@pytest.mark.slow
 def test_end_to_end_on_2x4_matches_one_device_and_masks_padding(tmp_path, cache_dir,
                                                                 monkeypatch):
   """The entry point trains a step on 49 x 49 crops and evaluates at eval.image_size 98 x 98

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'launch'))
 
@@ -24,6 +26,7 @@ def test_grid_product_names_and_commands(tmp_path):
   assert len({r['workdir'] for r in runs}) == 4
 
 
+@pytest.mark.slow
 def test_a_real_sweep_ends_in_a_table_and_a_plot(tmp_path, cache_dir, subprocess_env):
   workdir = str(tmp_path / 'sweep')
   env = subprocess_env()

@@ -59,6 +59,7 @@ def crash_after(monkeypatch, steps):
   monkeypatch.setattr(input_pipeline, 'train_batches', crashing)
 
 
+@pytest.mark.slow
 def test_train_evaluate_and_resume_identically(tmp_path, cache_dir, monkeypatch):
   # Uninterrupted: 4 steps.
   full = str(tmp_path / 'full')
@@ -224,6 +225,7 @@ def test_a_field_a_config_file_adds_is_named_with_its_line(tmp_path, subprocess_
       'belongs in configs/common.py:get_base_config.')
 
 
+@pytest.mark.slow
 def test_evaluation_with_the_dense_crf(tmp_path, cache_dir, two_steps):
   """eval.crf: 0 iterations reproduces the plain evaluation (the padding, gathering and
   confusion plumbing); 5 iterations changes predictions and is named in the protocol."""
