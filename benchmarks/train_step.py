@@ -100,7 +100,8 @@ def setup(config, num_classes: int = 0) -> dict:
   step_fn = jax.jit(steps.make_train_step(model, tx, schedule, 255,
                                          config.train.top_k_percent_pixels,
                                          config.train.hard_example_mining_step,
-                                         steps.class_weights(config, num_classes)),
+                                         steps.class_weights(config, num_classes),
+                                         ema_decay=config.optim.ema_decay),
                     in_shardings=(state_shardings, None, sharding.replicated(mesh)),
                     out_shardings=(state_shardings, sharding.replicated(mesh)),
                     donate_argnums=0)

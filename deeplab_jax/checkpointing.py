@@ -1,13 +1,16 @@
 """Orbax checkpointing of the train state in the workdir: keep-N, asynchronous, resumable."""
 
+import dataclasses
 import json
 import os
 
 from absl import logging
 from etils import epath
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from deeplab_jax import optim
 from deeplab_jax.errors import UserError
 
 
@@ -29,11 +32,58 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state):
 
   A checkpoint of another model (another width, backbone or head: the config changed under a
   workdir) is a UserError that names the arrays that differ, before anything is read; the
-  checkpoint is left as it is."""
-  _check_fits(manager, step, abstract_state)
-  restored = manager.restore(
-      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+  checkpoint is left as it is.
+
+  A train state's average of the weights (its `ema` field, optim.ema_decay) may differ from
+  the checkpoint's: one written without it (optim.ema_decay=0, or before the field existed)
+  restores with the average started from its weights; one written with it, restored with
+  optim.ema_decay=0, leaves it out. Each says so in one line."""
+  metadata = _metadata(manager, step)
+  if metadata is None or not hasattr(abstract_state, 'ema'):
+    _check_fits(manager, step, abstract_state, metadata)
+    return _restore(manager, step, abstract_state)
+  wanted = abstract_state.ema is not None
+  saved = any(k == 'ema' or k.startswith('ema/') for k in _flat_shapes(metadata))
+  # The target names the fields the checkpoint has (an old one has no `ema` at all).
+  target = {f.name: getattr(abstract_state, f.name) for f in dataclasses.fields(abstract_state)
+            if f.metadata.get('pytree_node', True)}
+  if saved:
+    target['ema'] = abstract_state.ema if wanted else _ema_like(abstract_state)  # read anyway
+  elif 'ema' in metadata.keys():
+    target['ema'] = None
+  else:
+    del target['ema']
+  _check_fits(manager, step, target, metadata)
+  restored = _restore(manager, step, target)
+  ema = restored.pop('ema', None)
+  state = abstract_state.replace(**restored, ema=None)
+  if wanted and saved:
+    return state.replace(ema=ema)
+  if wanted:
+    logging.info('Checkpoint %d in %s holds no average of the weights (written with '
+                 'optim.ema_decay=0): it starts from the checkpoint\'s weights.', step,
+                 manager.directory)
+    shardings = jax.tree.map(lambda x: x.sharding, abstract_state.ema)
+    return state.replace(ema=jax.jit(optim.ema_start, out_shardings=shardings)(
+        {'params': state.params, 'batch_stats': state.batch_stats}))
+  if saved:
+    logging.info('Checkpoint %d in %s holds an average of the weights, which '
+                 'optim.ema_decay=0 leaves out: its raw weights are used.', step,
+                 manager.directory)
+  return state
+
+
+def _restore(manager, step: int, target):
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
   return restored['state']
+
+
+def _ema_like(abstract_state):
+  """The abstract average of the weights: the params' and BatchNorm statistics' own shapes and
+  shardings, in float32."""
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32, sharding=x.sharding),
+      {'params': abstract_state.params, 'batch_stats': abstract_state.batch_stats})
 
 
 # What a damaged checkpoint raises: a truncated array file (TensorStore's OUT_OF_RANGE or
@@ -117,10 +167,17 @@ def _flat_shapes(tree) -> dict:
           if getattr(leaf, 'shape', None) is not None}
 
 
-def _check_fits(manager, step: int, abstract_state) -> None:
+def _metadata(manager, step: int):
+  """The checkpoint's tree metadata; None without a metadata file (orbax's restore then reports
+  what is missing)."""
   try:
-    metadata = ocp.StandardCheckpointHandler().metadata(manager.directory / str(step) / 'state')
-  except FileNotFoundError:  # no metadata file: orbax's restore reports what is missing
+    return ocp.StandardCheckpointHandler().metadata(manager.directory / str(step) / 'state')
+  except FileNotFoundError:
+    return None
+
+
+def _check_fits(manager, step: int, abstract_state, metadata) -> None:
+  if metadata is None:
     return
   saved = _flat_shapes(metadata)
   wanted = _flat_shapes(abstract_state)

@@ -22,6 +22,7 @@ from jax.experimental import multihost_utils
 
 from deeplab_jax import inference
 from deeplab_jax import metrics
+from deeplab_jax import optim
 from deeplab_jax import sharding
 from deeplab_jax.errors import UserError
 from deeplab_jax.postprocess import dense_crf
@@ -30,10 +31,22 @@ EVALS_FILE = 'evals.jsonl'
 EVAL_MODES = ('whole', 'sliding')
 
 
+def eval_variables(state, config):
+  """The variables evaluation, predict and export use: the state's average of the weights
+  ({'params', 'batch_stats'}) when optim.ema_decay > 0, else its params and batch_stats."""
+  if optim.ema_decay(config) > 0:
+    if getattr(state, 'ema', None) is None:
+      raise ValueError(f'optim.ema_decay={optim.ema_decay(config)}, but the state has no '
+                       'average of the weights.')
+    return state.ema
+  return {'params': state.params, 'batch_stats': state.batch_stats}
+
+
 def make_eval_step(model, num_classes: int, config) -> Callable:
-  """(state, batch) -> (confusion [K, K], predictions [B, H, W]) at the label's full size."""
+  """(state, batch) -> (confusion [K, K], predictions [B, H, W]) at the label's full size, of
+  the state's eval_variables."""
   def eval_step(state, batch):
-    variables = {'params': state.params, 'batch_stats': state.batch_stats}
+    variables = eval_variables(state, config)
     predictions = inference.predict_labels(model, variables, batch['image'], config)
     weights = jnp.broadcast_to(batch['mask'][:, None, None], batch['label'].shape)
     return metrics.confusion_matrix(batch['label'], predictions, num_classes, weights), predictions
@@ -65,8 +78,8 @@ def make_eval_fn(model, num_classes: int, config, mesh) -> Callable:
   whole_rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
   log_probs_fn = jax.jit(
       lambda state, batch: inference.predict_log_probs(
-          model, {'params': state.params, 'batch_stats': state.batch_stats}, batch['image'],
-          config), out_shardings=whole_rows)
+          model, eval_variables(state, config), batch['image'], config),
+      out_shardings=whole_rows)
   gather_rows = jax.jit(lambda x: x, out_shardings=whole_rows)
   spec = jax.sharding.PartitionSpec('data')
   params = crf_params(config.eval.crf)
@@ -94,7 +107,8 @@ def make_eval_fn(model, num_classes: int, config, mesh) -> Callable:
 def protocol(config) -> str:
   """The evaluation protocol in words, kept with each line of evals.jsonl (and how resume tells
   whether a step is evaluated). With several passes it names their averaging (avg=probs or
-  avg=logits); one pass has nothing to average, and its words are those of older lines."""
+  avg=logits); one pass has nothing to average, and its words are those of older lines. With
+  optim.ema_decay > 0 it ends in ema=DECAY: the average of the weights was scored."""
   e = config.eval
   words = [e.mode]
   if e.mode == 'sliding':
@@ -108,6 +122,8 @@ def protocol(config) -> str:
   words.append(f'os={e.output_stride or config.model.output_stride}')
   if e.crf.enabled:
     words.append('crf(' + ','.join(f'{k}={v:g}' for k, v in crf_params(e.crf).items()) + ')')
+  if optim.ema_decay(config) > 0:
+    words.append(f'ema={optim.ema_decay(config)!r}')
   return ' '.join(words)
 
 

@@ -9,9 +9,9 @@ needs --config.eval.mode=whole --config.eval.scales='(1.0,)' --config.eval.input
 The function takes uint8 RGB images [B, H, W, 3] of any batch and size and returns int32
 label maps [B, H, W] (and, with --probabilities, float32 softmax probabilities [B, H, W, K]).
 It normalises with config.data's mean and std, pads to a multiple of the evaluation output
-stride, runs the latest checkpoint's weights under config.eval's protocol (its flips too,
-combined as eval.average says; the scales must be (1.0,) and the mode 'whole', since the sizes
-are symbolic), and crops back.
+stride, runs the latest checkpoint's weights (their average with optim.ema_decay > 0, as
+evaluation does) under config.eval's protocol (its flips too, combined as eval.average says;
+the scales must be (1.0,) and the mode 'whole', since the sizes are symbolic), and crops back.
 The dense CRF (eval.crf) runs on the host after the network and is not part of the artifact.
 
 - savedmodel: OUTPUT is a TF SavedModel whose `serving_default` signature takes `images`
@@ -129,7 +129,8 @@ def export_model(config, workdir: str, fmt: str, output: str, probabilities: boo
   serve = make_serving_fn(config, num_classes, probabilities)
   writer = export_savedmodel if fmt == 'savedmodel' else export_stablehlo
   path = writer(serve, variables, output, probabilities)
-  logging.info('Exported step %d of %s as %s: %s.', step, workdir, fmt, path)
+  logging.info('Exported step %d of %s as %s%s: %s.', step, workdir, fmt,
+               ' (its average of the weights)' if config.optim.ema_decay else '', path)
   return path
 
 

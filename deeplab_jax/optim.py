@@ -1,9 +1,11 @@
-"""The optax chain: poly (or step) schedule with linear warmup, SGD momentum, masked weight decay."""
+"""The optax chain: poly (or step) schedule with linear warmup, SGD momentum, masked weight decay;
+and the exponential moving average of the weights (optim.ema_decay)."""
 
 import re
 
 import flax
 import jax
+import jax.numpy as jnp
 import optax
 
 from deeplab_jax.errors import UserError
@@ -77,3 +79,36 @@ def make_optimizer(optim_config, num_steps: int,
                                   batch_norm_mask(p))
   return optax.multi_transform({'trained': tx, 'frozen': optax.set_to_zero()}, labels)
 
+
+
+# --------------------------------------------------------------------------- weight averaging
+#
+# optim.ema_decay = d > 0 keeps an exponential moving average of the weights, params and
+# BatchNorm statistics alike, in float32: it starts at the initial weights (step 0, or those
+# init_from loaded, or those of a resumed checkpoint written without one) and after every
+# optimizer step becomes d * ema + (1 - d) * new, with no debiasing (timm's ModelEmaV2;
+# optax.ema(debias=False) started from the first value rather than zeros). d = 0: none.
+
+
+def ema_decay(config) -> float:
+  """config.optim.ema_decay, 0.0 where the config has no such field (a partial test config)."""
+  optim_config = config.get('optim') if hasattr(config, 'get') else None
+  return float(optim_config.get('ema_decay', 0.0)) if optim_config is not None else 0.0
+
+
+def check_ema_decay(decay) -> None:
+  if not 0 <= decay < 1:
+    raise UserError(f'optim.ema_decay={decay} must be in [0, 1): 0 turns the weight average '
+                    'off, 0.999 averages over about the last 1000 steps.')
+
+
+def ema_start(variables):
+  """The average's first value: a float32 copy of {'params', 'batch_stats'} (its own buffers,
+  so that a donated train state never holds one buffer twice)."""
+  return jax.tree.map(lambda x: jnp.array(x, jnp.float32, copy=True), variables)
+
+
+def ema_update(ema, variables, decay: float):
+  """decay * ema + (1 - decay) * variables, leaf by leaf, in float32."""
+  variables = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), variables)
+  return optax.incremental_update(variables, ema, step_size=1.0 - decay)

@@ -10,7 +10,7 @@ Formats: Cityscapes label ids (what the official benchmark server takes), VOC pa
 PNGs, ADE20K 1..150 (0 = other), and class indices for every other data set. Inference
 follows config.eval (scales, flips, sliding windows, output stride, and the dense CRF when
 eval.crf.enabled) on the whole image at its own size, padded to a multiple of the output
-stride.
+stride, with the checkpoint's average of the weights when optim.ema_decay > 0.
 """
 
 import os
@@ -107,7 +107,8 @@ def list_images(path: str) -> Iterator[Tuple[str, str]]:
 
 
 def load_latest(config, workdir: str, num_classes: int, what: str = 'predict with'):
-  """(step, {'params', 'batch_stats'}) of the workdir's latest checkpoint."""
+  """(step, {'params', 'batch_stats'}) of the workdir's latest checkpoint: its average of the
+  weights when optim.ema_decay > 0 (evaluate.eval_variables)."""
   mesh = sharding.make_mesh(config.mesh)
   trained = registry.build_model(config.model, num_classes)
   tx = optim.make_optimizer(config.optim, config.train.num_steps,
@@ -118,7 +119,7 @@ def load_latest(config, workdir: str, num_classes: int, what: str = 'predict wit
   if step is None:
     raise UserError(f'no checkpoint in {workdir}/checkpoints to {what}.')
   state = checkpointing.restore(manager, step, abstract)
-  return step, {'params': state.params, 'batch_stats': state.batch_stats}
+  return step, evaluate.eval_variables(state, config)
 
 
 class Predictor:

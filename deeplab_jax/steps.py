@@ -16,6 +16,7 @@ import optax
 
 from deeplab_jax import evaluate as evaluate_lib
 from deeplab_jax import losses
+from deeplab_jax import optim
 from deeplab_jax import sharding
 from deeplab_jax.errors import UserError
 
@@ -23,8 +24,14 @@ from deeplab_jax.errors import UserError
 class TrainState(train_state.TrainState):
   """flax's TrainState (step, params, opt_state; apply_fn and tx static) with the BatchNorm
   statistics, as in flax's ImageNet example. Checkpoints name the leaves by field, so a
-  checkpoint of a plain dataclass with the same four array fields restores into it."""
+  checkpoint of a plain dataclass with the same four array fields restores into it.
+
+  `ema`: with optim.ema_decay > 0, the moving average of the weights, {'params',
+  'batch_stats'} in float32 (the rule: deeplab_jax/optim.py, "weight averaging"), which
+  evaluation, predict and export use; None without it. A checkpoint written without it restores
+  with the average started from its weights (checkpointing.restore)."""
   batch_stats: Any = None
+  ema: Any = None
 
 
 # --------------------------------------------------------------------------- config checks
@@ -43,6 +50,7 @@ def validate_config(config) -> None:
     raise UserError(f'data.min_scale={config.data.min_scale}, data.max_scale='
                     f'{config.data.max_scale}: need 0 < min_scale <= max_scale.')
   evaluate_lib.check_eval_config(config)
+  optim.check_ema_decay(config.optim.ema_decay)
   if config.train.num_steps < 1:
     raise UserError(f'train.num_steps={config.train.num_steps} must be at least 1.')
   if not 0 < config.train.top_k_percent_pixels <= 1:
@@ -72,13 +80,16 @@ def class_weights(config, num_classes: int):
 
 
 def create_train_state(model, tx, config, mesh, rng):
-  """Initialises the state straight into its (replicated) sharding; returns (state, abstract)."""
+  """Initialises the state straight into its (replicated) sharding; returns (init, abstract
+  state, shardings). With optim.ema_decay > 0 the state's `ema` starts as a copy of the weights."""
   h, w = config.data.crop_size
+  with_ema = optim.ema_decay(config) > 0
 
   def init(rng):
     variables = model.init({'params': rng, 'dropout': rng}, jnp.zeros((1, h, w, 3)), train=False)
-    state = TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
-                              batch_stats=variables.get('batch_stats', {}))
+    weights = {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
+    state = TrainState.create(apply_fn=model.apply, tx=tx, **weights,
+                              ema=optim.ema_start(weights) if with_ema else None)
     return state.replace(step=jnp.zeros((), jnp.int32))  # int32 as saved, not a weak type
 
   shapes = jax.eval_shape(init, rng)
@@ -89,13 +100,20 @@ def create_train_state(model, tx, config, mesh, rng):
 
 
 def make_train_step(model, tx, schedule, ignore_label: int, top_k_percent_pixels: float = 1.0,
-                    hard_example_mining_step: int = 0, class_weights=None):
+                    hard_example_mining_step: int = 0, class_weights=None,
+                    ema_decay: float = 0.0):
   """One SGD step on a global batch; BatchNorm statistics are over the whole global batch.
   top_k_percent_pixels < 1: online hard example mining (see losses.hard_pixel_fraction);
-  class_weights: a loss weight per class (see losses.pixel_cross_entropy), None for none."""
+  class_weights: a loss weight per class (see losses.pixel_cross_entropy), None for none;
+  ema_decay > 0 (optim.ema_decay): the state's average of the weights moves towards the
+  updated ones (optim.ema_update); the step itself uses and updates the raw weights."""
   def train_step(state, batch, rng):
     if state.tx is not tx:  # apply_gradients updates with the state's own optimizer
       raise ValueError('make_train_step: the state was created with another optimizer.')
+    if (state.ema is not None) != (ema_decay > 0):
+      raise ValueError(f'make_train_step: ema_decay={ema_decay}, but the state '
+                       f'{"has" if state.ema is not None else "has no"} average of the weights '
+                       '(create_train_state follows config.optim.ema_decay; pass the same).')
     dropout_rng = jax.random.fold_in(rng, state.step)
     fraction = losses.hard_pixel_fraction(state.step, top_k_percent_pixels,
                                           hard_example_mining_step)
@@ -114,6 +132,10 @@ def make_train_step(model, tx, schedule, ignore_label: int, top_k_percent_pixels
 
     (loss, (batch_stats, count)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    if ema_decay > 0:
+      new_state = new_state.replace(ema=optim.ema_update(
+          state.ema, {'params': new_state.params, 'batch_stats': new_state.batch_stats},
+          ema_decay))
     finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in
                                 jax.tree.leaves((new_state.params, new_state.batch_stats))]))
     return new_state, {'loss': loss, 'grad_norm': optax.tree.norm(grads), 'state_finite': finite,

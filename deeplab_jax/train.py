@@ -87,6 +87,9 @@ class _Setup:
     logging.info('Model %s/%s OS%d: %d parameters; mesh %s.', config.model.name,
                  config.model.backbone.name, config.model.output_stride, params,
                  dict(self.mesh.shape))
+    if config.optim.ema_decay:
+      logging.info('Average of the weights with decay %s: evaluation scores it, not the raw '
+                   'weights.', config.optim.ema_decay)
 
   def evaluate(self, config, workdir, step):
     result = evaluate_lib.evaluate(config, self.state, self.eval_step, self.dataset, self.mesh,
@@ -108,9 +111,14 @@ def _init_from(state, shardings, source: str):
     value = np.asarray(value)
     return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
 
-  return state.replace(params=jax.tree.map(put, merged['params'], shardings.params),
-                       batch_stats=jax.tree.map(put, merged['batch_stats'],
-                                                shardings.batch_stats))
+  state = state.replace(params=jax.tree.map(put, merged['params'], shardings.params),
+                        batch_stats=jax.tree.map(put, merged['batch_stats'],
+                                                 shardings.batch_stats))
+  if state.ema is None:
+    return state
+  # The average of the weights (optim.ema_decay) starts from the loaded weights.
+  return state.replace(ema=jax.jit(optim.ema_start, out_shardings=shardings.ema)(
+      {'params': state.params, 'batch_stats': state.batch_stats}))
 
 
 def evaluate_checkpoint(config, workdir: str):
@@ -178,7 +186,8 @@ def train_and_evaluate(config, workdir: str):
       steps.make_train_step(setup.model, setup.tx, setup.schedule, setup.dataset.ignore_label,
                             config.train.top_k_percent_pixels,
                             config.train.hard_example_mining_step,
-                            steps.class_weights(config, setup.dataset.num_classes)),
+                            steps.class_weights(config, setup.dataset.num_classes),
+                            config.optim.ema_decay),
       in_shardings=(setup.state_shardings, None, sharding.replicated(setup.mesh)),
       out_shardings=(setup.state_shardings, sharding.replicated(setup.mesh)),
       donate_argnums=0)
