@@ -1,10 +1,15 @@
 """Turns a sweep (launch/sweep.py) into a Markdown table and a PNG plot of mIoU per setting.
 
   python launch/summarize.py --sweep=/tmp/rates [--protocol='whole scales=1.0 os=16']
+  python launch/summarize.py --runs=/tmp/a,/tmp/b
+  python launch/summarize.py --per_class=/tmp/a
 
-Reads WORKDIR/sweep.json and each run's evals.jsonl; for each run it takes the evaluation
-of its last step (under --protocol if given). Writes WORKDIR/results.md and
-WORKDIR/results.png and prints the table.
+--sweep reads WORKDIR/sweep.json and each run's evals.jsonl; for each run it takes the
+evaluation of its last step (under --protocol if given). Writes WORKDIR/results.md and
+WORKDIR/results.png and prints the table. --runs prints every evaluation of the last step of
+each workdir named (split, protocol, mIoU, pixel accuracy), for trials run by hand.
+--per_class prints, for each evaluation of a workdir's last step, each class's IoU beside its
+ground-truth pixel count (the confusion matrix's row sum): a rare class's IoU swings.
 """
 
 import argparse
@@ -37,6 +42,50 @@ def last_evaluation(workdir: str, protocol: str = ''):
         rows.append(row)
   rows = [r for r in rows if not protocol or r.get('protocol') == protocol]
   return max(rows, key=lambda r: r['step']) if rows else None
+
+
+def last_step_rows(workdir: str):
+  """Every evals.jsonl row of the workdir's highest evaluated step, in file order."""
+  last = last_evaluation(workdir)
+  if last is None:
+    return []
+  rows = []
+  with open(os.path.join(workdir, 'evals.jsonl')) as f:
+    for line in f:
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError:  # last_evaluation has warned about it
+        continue
+      if isinstance(row, dict) and row.get('step') == last['step']:
+        rows.append(row)
+  return rows
+
+
+def runs_table(workdirs) -> str:
+  lines = ['| workdir | step | split | protocol | mIoU | pixel accuracy |',
+           '|---|---|---|---|---|---|']
+  for workdir in workdirs:
+    rows = last_step_rows(workdir)
+    if not rows:
+      lines.append(f'| {workdir} | not evaluated | | | | |')
+    for r in rows:
+      lines.append(f'| {workdir} | {r["step"]} | {r["split"]} | {r["protocol"]} | '
+                   f'{r["miou"]:.4f} | {r["pixel_accuracy"]:.4f} |')
+  return '\n'.join(lines)
+
+
+def per_class_table(workdir: str) -> str:
+  blocks = []
+  for r in last_step_rows(workdir):
+    names = list(r['per_class_iou'])
+    counts = [sum(row) for row in r['confusion']]
+    lines = [f'{r["split"]}, {r["protocol"]}, step {r["step"]}: mIoU {r["miou"]:.4f}', '',
+             '| class | IoU | pixels |', '|---|---|---|']
+    for name, count in zip(names, counts):
+      iou = r['per_class_iou'][name]
+      lines.append(f'| {name} | {"n/a" if iou is None else f"{iou:.3f}"} | {count:,} |')
+    blocks.append('\n'.join(lines))
+  return '\n\n'.join(blocks) if blocks else f'{workdir}: not evaluated'
 
 
 def table(sweep):
@@ -72,9 +121,20 @@ def plot(sweep, path: str):
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--sweep', required=True, help='the workdir given to launch/sweep.py')
+  parser.add_argument('--sweep', default='', help='the workdir given to launch/sweep.py')
   parser.add_argument('--protocol', default='', help='only evaluations under this protocol')
+  parser.add_argument('--runs', default='', help='comma-separated workdirs: their evaluations')
+  parser.add_argument('--per_class', default='', help='a workdir: per-class IoU and pixels')
   args = parser.parse_args(argv)
+  if sum(map(bool, (args.sweep, args.runs, args.per_class))) != 1:
+    print('error: give one of --sweep=DIR, --runs=DIR,DIR,... or --per_class=DIR.')
+    return 2
+  if args.runs:
+    print(runs_table([w for w in args.runs.split(',') if w]))
+    return 0
+  if args.per_class:
+    print(per_class_table(args.per_class))
+    return 0
   path = os.path.join(args.sweep, 'sweep.json')
   if not os.path.exists(path):
     print(f'error: {path} not found; run launch/sweep.py with --workdir={args.sweep} first.')

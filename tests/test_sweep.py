@@ -68,3 +68,29 @@ def test_summarize_marks_runs_not_evaluated(tmp_path):
   assert summarize.main([f'--sweep={workdir}', '--protocol=p']) == 0
   text = open(workdir / 'results.md').read()
   assert '| 1 | 5 | 0.5000 | 0.9000 |' in text and '| 2 | not evaluated |  |  |' in text
+
+
+def test_runs_and_per_class_tables_read_the_last_step(tmp_path, capsys):
+  rows = [
+      {'step': 10, 'split': 'dev', 'protocol': 'p', 'miou': 0.1, 'pixel_accuracy': 0.5,
+       'per_class_iou': {'a': 0.1, 'b': 0.1}, 'confusion': [[1, 0], [0, 1]]},
+      {'step': 20, 'split': 'dev', 'protocol': 'p', 'miou': 0.25, 'pixel_accuracy': 0.75,
+       'per_class_iou': {'a': 0.5, 'b': None}, 'confusion': [[30, 10], [0, 0]]},
+      {'step': 20, 'split': 'val', 'protocol': 'p ema=0.9', 'miou': 0.5, 'pixel_accuracy': 0.9,
+       'per_class_iou': {'a': 0.8, 'b': 0.2}, 'confusion': [[8, 1], [1, 2]]},
+  ]
+  workdir = tmp_path / 'run'
+  os.makedirs(workdir)
+  with open(workdir / 'evals.jsonl', 'w') as f:
+    f.write(''.join(json.dumps(r) + '\n' for r in rows))
+  assert summarize.main([f'--runs={workdir},{tmp_path / "none"}']) == 0
+  out = capsys.readouterr().out.splitlines()
+  assert out[2:] == [f'| {workdir} | 20 | dev | p | 0.2500 | 0.7500 |',
+                     f'| {workdir} | 20 | val | p ema=0.9 | 0.5000 | 0.9000 |',
+                     f'| {tmp_path / "none"} | not evaluated | | | | |']
+  assert summarize.main([f'--per_class={workdir}']) == 0
+  out = capsys.readouterr().out
+  # Pixels are the ground truth's: the confusion matrix's row sums (40 and 0; 9 and 3).
+  assert '| a | 0.500 | 40 |\n| b | n/a | 0 |' in out
+  assert '| a | 0.800 | 9 |\n| b | 0.200 | 3 |' in out
+  assert summarize.main([]) == 2
