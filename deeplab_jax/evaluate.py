@@ -22,7 +22,6 @@ from jax.experimental import multihost_utils
 
 from deeplab_jax import inference
 from deeplab_jax import metrics
-from deeplab_jax import optim
 from deeplab_jax import sharding
 from deeplab_jax.errors import UserError
 from deeplab_jax.postprocess import dense_crf
@@ -34,9 +33,9 @@ EVAL_MODES = ('whole', 'sliding')
 def eval_variables(state, config):
   """The variables evaluation, predict and export use: the state's average of the weights
   ({'params', 'batch_stats'}) when optim.ema_decay > 0, else its params and batch_stats."""
-  if optim.ema_decay(config) > 0:
+  if config.optim.ema_decay > 0:
     if getattr(state, 'ema', None) is None:
-      raise ValueError(f'optim.ema_decay={optim.ema_decay(config)}, but the state has no '
+      raise ValueError(f'optim.ema_decay={config.optim.ema_decay}, but the state has no '
                        'average of the weights.')
     return state.ema
   return {'params': state.params, 'batch_stats': state.batch_stats}
@@ -122,8 +121,8 @@ def protocol(config) -> str:
   words.append(f'os={e.output_stride or config.model.output_stride}')
   if e.crf.enabled:
     words.append('crf(' + ','.join(f'{k}={v:g}' for k, v in crf_params(e.crf).items()) + ')')
-  if optim.ema_decay(config) > 0:
-    words.append(f'ema={optim.ema_decay(config)!r}')
+  if config.optim.ema_decay > 0:
+    words.append(f'ema={config.optim.ema_decay!r}')
   return ' '.join(words)
 
 

@@ -90,12 +90,6 @@ def make_optimizer(optim_config, num_steps: int,
 # optax.ema(debias=False) started from the first value rather than zeros). d = 0: none.
 
 
-def ema_decay(config) -> float:
-  """config.optim.ema_decay, 0.0 where the config has no such field (a partial test config)."""
-  optim_config = config.get('optim') if hasattr(config, 'get') else None
-  return float(optim_config.get('ema_decay', 0.0)) if optim_config is not None else 0.0
-
-
 def check_ema_decay(decay) -> None:
   if not 0 <= decay < 1:
     raise UserError(f'optim.ema_decay={decay} must be in [0, 1): 0 turns the weight average '

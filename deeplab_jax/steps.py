@@ -83,7 +83,7 @@ def create_train_state(model, tx, config, mesh, rng):
   """Initialises the state straight into its (replicated) sharding; returns (init, abstract
   state, shardings). With optim.ema_decay > 0 the state's `ema` starts as a copy of the weights."""
   h, w = config.data.crop_size
-  with_ema = optim.ema_decay(config) > 0
+  with_ema = config.optim.ema_decay > 0
 
   def init(rng):
     variables = model.init({'params': rng, 'dropout': rng}, jnp.zeros((1, h, w, 3)), train=False)

@@ -23,11 +23,11 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
 
-def last_evaluation(workdir: str, protocol: str = ''):
-  """The evals.jsonl row of the highest step (optionally of one protocol), or None."""
+def evaluations(workdir: str):
+  """Every readable row of the workdir's evals.jsonl, in file order ([] without one)."""
   path = os.path.join(workdir, 'evals.jsonl')
   if not os.path.exists(path):
-    return None
+    return []
   rows = []
   with open(path) as f:
     for number, line in enumerate(f, start=1):
@@ -40,25 +40,20 @@ def last_evaluation(workdir: str, protocol: str = ''):
         continue
       if isinstance(row, dict) and 'step' in row:
         rows.append(row)
-  rows = [r for r in rows if not protocol or r.get('protocol') == protocol]
+  return rows
+
+
+def last_evaluation(workdir: str, protocol: str = ''):
+  """The evals.jsonl row of the highest step (optionally of one protocol), or None."""
+  rows = [r for r in evaluations(workdir) if not protocol or r.get('protocol') == protocol]
   return max(rows, key=lambda r: r['step']) if rows else None
 
 
 def last_step_rows(workdir: str):
   """Every evals.jsonl row of the workdir's highest evaluated step, in file order."""
-  last = last_evaluation(workdir)
-  if last is None:
-    return []
-  rows = []
-  with open(os.path.join(workdir, 'evals.jsonl')) as f:
-    for line in f:
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError:  # last_evaluation has warned about it
-        continue
-      if isinstance(row, dict) and row.get('step') == last['step']:
-        rows.append(row)
-  return rows
+  rows = evaluations(workdir)
+  last = max((r['step'] for r in rows), default=None)
+  return [r for r in rows if r['step'] == last]
 
 
 def runs_table(workdirs) -> str:

@@ -104,7 +104,7 @@ def test_a_checkpoint_of_the_old_train_state_restores_into_flax_train_state(tmp_
                        opt_state=momentum)
   manager = _save(tmp_path, old)  # saved as step 3
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ('data',))
-  config = ml_collections.ConfigDict({'data': {'crop_size': (5, 5)}})
+  config = ml_collections.ConfigDict({'data': {'crop_size': (5, 5)}, 'optim': {'ema_decay': 0.0}})
   _, abstract, _ = steps.create_train_state(model, tx, config, mesh, jax.random.key(1))
   restored = checkpointing.restore(manager, 3, abstract)
   assert isinstance(restored, steps.TrainState) and restored.tx is tx

@@ -60,13 +60,18 @@ def named_configs(paths):
   return found
 
 
-def named_modules(paths):
-  """{'deeplab_jax.main': [files naming it], ...} from `python -m X` commands."""
+def _named(paths, regex):
+  """{regex's first group, trailing dot dropped: [files naming it]}."""
   found = {}
   for path in paths:
-    for m in MODULE_RE.finditer(_read(path)):
+    for m in regex.finditer(_read(path)):
       found.setdefault(m.group(1).rstrip('.'), []).append(_rel(path))
   return found
+
+
+def named_modules(paths):
+  """{'deeplab_jax.main': [files naming it], ...} from `python -m X` commands."""
+  return _named(paths, MODULE_RE)
 
 
 def module_file(module, root=ROOT):
@@ -80,11 +85,7 @@ def module_file(module, root=ROOT):
 
 def named_paths(paths):
   """{repository path: [files naming it]} for benchmarks/, launch/, docs/, tests/, deeplab_jax/."""
-  found = {}
-  for path in paths:
-    for m in PATH_RE.finditer(_read(path)):
-      found.setdefault(m.group(1).rstrip('.'), []).append(_rel(path))
-  return found
+  return _named(paths, PATH_RE)
 
 
 def links(path):
