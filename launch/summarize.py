@@ -3,6 +3,7 @@
   python launch/summarize.py --sweep=/tmp/rates [--protocol='whole scales=1.0 os=16']
   python launch/summarize.py --runs=/tmp/a,/tmp/b
   python launch/summarize.py --per_class=/tmp/a
+  python launch/summarize.py --seeds=/tmp/s0,/tmp/s1,/tmp/s2
 
 --sweep reads WORKDIR/sweep.json and each run's evals.jsonl; for each run it takes the
 evaluation of its last step (under --protocol if given). Writes WORKDIR/results.md and
@@ -10,11 +11,16 @@ WORKDIR/results.png and prints the table. --runs prints every evaluation of the 
 each workdir named (split, protocol, mIoU, pixel accuracy), for trials run by hand.
 --per_class prints, for each evaluation of a workdir's last step, each class's IoU beside its
 ground-truth pixel count (the confusion matrix's row sum): a rare class's IoU swings.
+--seeds takes runs of one recipe that differ only by seed: for each split and protocol that
+every run evaluated at its last step, the mean and sample standard deviation (n - 1) over the
+runs of mIoU and of each class's IoU (a class a run never saw nor predicted is left out of
+that class's mean).
 """
 
 import argparse
 import json
 import os
+import statistics
 import sys
 
 import matplotlib
@@ -83,6 +89,36 @@ def per_class_table(workdir: str) -> str:
   return '\n\n'.join(blocks) if blocks else f'{workdir}: not evaluated'
 
 
+def _mean_sd(values) -> str:
+  if not values:
+    return 'n/a | '
+  sd = statistics.stdev(values) if len(values) > 1 else float('nan')
+  return f'{statistics.fmean(values):.3f} | {sd:.3f}'
+
+
+def seeds_table(workdirs) -> str:
+  runs = [{(r['split'], r['protocol']): r for r in last_step_rows(w)} for w in workdirs]
+  missing = [w for w, rows in zip(workdirs, runs) if not rows]
+  if missing:
+    return f'{", ".join(missing)}: not evaluated'
+  blocks = []
+  for key in [k for k in runs[0] if all(k in rows for rows in runs)]:
+    rows = [rows[key] for rows in runs]
+    mious = [r['miou'] for r in rows]
+    lines = [f'{key[0]}, {key[1]}, {len(rows)} runs (steps '
+             f'{", ".join(str(r["step"]) for r in rows)}): mIoU '
+             f'{statistics.fmean(mious):.4f} sd '
+             f'{statistics.stdev(mious) if len(mious) > 1 else float("nan"):.4f} ('
+             f'{", ".join(f"{m:.4f}" for m in mious)})', '',
+             '| class | IoU mean | IoU sd | pixels |', '|---|---|---|---|']
+    counts = [sum(row) for row in rows[0]['confusion']]
+    for i, name in enumerate(rows[0]['per_class_iou']):
+      ious = [r['per_class_iou'][name] for r in rows if r['per_class_iou'][name] is not None]
+      lines.append(f'| {name} | {_mean_sd(ious)} | {counts[i]:,} |')
+    blocks.append('\n'.join(lines))
+  return '\n\n'.join(blocks) if blocks else 'no split and protocol that every run evaluated'
+
+
 def table(sweep):
   fields = list(sweep['runs'][0]['setting']) if sweep['runs'] else []
   lines = ['| ' + ' | '.join(fields + ['step', 'val mIoU', 'pixel accuracy']) + ' |',
@@ -120,10 +156,16 @@ def main(argv=None) -> int:
   parser.add_argument('--protocol', default='', help='only evaluations under this protocol')
   parser.add_argument('--runs', default='', help='comma-separated workdirs: their evaluations')
   parser.add_argument('--per_class', default='', help='a workdir: per-class IoU and pixels')
+  parser.add_argument('--seeds', default='',
+                      help='comma-separated workdirs of one recipe: mean and sd over them')
   args = parser.parse_args(argv)
-  if sum(map(bool, (args.sweep, args.runs, args.per_class))) != 1:
-    print('error: give one of --sweep=DIR, --runs=DIR,DIR,... or --per_class=DIR.')
+  if sum(map(bool, (args.sweep, args.runs, args.per_class, args.seeds))) != 1:
+    print('error: give one of --sweep=DIR, --runs=DIR,DIR,..., --per_class=DIR or '
+          '--seeds=DIR,DIR,...')
     return 2
+  if args.seeds:
+    print(seeds_table([w for w in args.seeds.split(',') if w]))
+    return 0
   if args.runs:
     print(runs_table([w for w in args.runs.split(',') if w]))
     return 0

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -94,3 +95,35 @@ def test_runs_and_per_class_tables_read_the_last_step(tmp_path, capsys):
   assert '| a | 0.500 | 40 |\n| b | n/a | 0 |' in out
   assert '| a | 0.800 | 9 |\n| b | 0.200 | 3 |' in out
   assert summarize.main([]) == 2
+
+
+def test_seeds_table_gives_mean_and_sample_sd(tmp_path, capsys):
+  rng = np.random.default_rng(0)
+  ious = rng.uniform(0, 1, (3, 2))
+  ious[1, 1] = np.nan                        # a class run 1 never saw nor predicted
+  workdirs = []
+  for seed in range(3):
+    workdir = tmp_path / f's{seed}'
+    os.makedirs(workdir)
+    per_class = {c: None if np.isnan(ious[seed, i]) else ious[seed, i]
+                 for i, c in enumerate(('a', 'b'))}
+    rows = [{'step': 5, 'split': 'dev', 'protocol': 'p', 'miou': 0.0, 'pixel_accuracy': 0.0,
+             'per_class_iou': per_class, 'confusion': [[0, 0], [0, 0]]},
+            {'step': 9, 'split': 'dev', 'protocol': 'p', 'miou': float(np.nanmean(ious[seed])),
+             'pixel_accuracy': 0.5, 'per_class_iou': per_class, 'confusion': [[6, 1], [2, 3]]}]
+    if seed == 0:                            # a protocol the other runs lack is left out
+      rows.append(dict(rows[-1], protocol='p ema=0.9'))
+    with open(workdir / 'evals.jsonl', 'w') as f:
+      f.write(''.join(json.dumps(r) + '\n' for r in rows))
+    workdirs.append(str(workdir))
+  assert summarize.main([f'--seeds={",".join(workdirs)}']) == 0
+  out = capsys.readouterr().out
+  mious = np.nanmean(ious, axis=1)
+  assert ('dev, p, 3 runs (steps 9, 9, 9): mIoU '
+          f'{mious.mean():.4f} sd {mious.std(ddof=1):.4f}') in out
+  assert f'| a | {ious[:, 0].mean():.3f} | {ious[:, 0].std(ddof=1):.3f} | 7 |' in out
+  b = ious[[0, 2], 1]
+  assert f'| b | {b.mean():.3f} | {b.std(ddof=1):.3f} | 5 |' in out
+  assert 'ema' not in out
+  assert summarize.main([f'--seeds={workdirs[0]},{tmp_path / "none"}']) == 0
+  assert 'not evaluated' in capsys.readouterr().out
