@@ -89,11 +89,12 @@ def per_class_table(workdir: str) -> str:
   return '\n\n'.join(blocks) if blocks else f'{workdir}: not evaluated'
 
 
-def _mean_sd(values) -> str:
+def _mean_sd(values, digits: int, sep: str) -> str:
+  """'mean{sep}sd' with the sample sd (n - 1; nan for one value); 'n/a{sep}n/a' for none."""
   if not values:
-    return 'n/a | '
+    return f'n/a{sep}n/a'
   sd = statistics.stdev(values) if len(values) > 1 else float('nan')
-  return f'{statistics.fmean(values):.3f} | {sd:.3f}'
+  return f'{statistics.fmean(values):.{digits}f}{sep}{sd:.{digits}f}'
 
 
 def seeds_table(workdirs) -> str:
@@ -106,15 +107,13 @@ def seeds_table(workdirs) -> str:
     rows = [rows[key] for rows in runs]
     mious = [r['miou'] for r in rows]
     lines = [f'{key[0]}, {key[1]}, {len(rows)} runs (steps '
-             f'{", ".join(str(r["step"]) for r in rows)}): mIoU '
-             f'{statistics.fmean(mious):.4f} sd '
-             f'{statistics.stdev(mious) if len(mious) > 1 else float("nan"):.4f} ('
+             f'{", ".join(str(r["step"]) for r in rows)}): mIoU {_mean_sd(mious, 4, " sd ")} ('
              f'{", ".join(f"{m:.4f}" for m in mious)})', '',
              '| class | IoU mean | IoU sd | pixels |', '|---|---|---|---|']
     counts = [sum(row) for row in rows[0]['confusion']]
     for i, name in enumerate(rows[0]['per_class_iou']):
       ious = [r['per_class_iou'][name] for r in rows if r['per_class_iou'][name] is not None]
-      lines.append(f'| {name} | {_mean_sd(ious)} | {counts[i]:,} |')
+      lines.append(f'| {name} | {_mean_sd(ious, 3, " | ")} | {counts[i]:,} |')
     blocks.append('\n'.join(lines))
   return '\n\n'.join(blocks) if blocks else 'no split and protocol that every run evaluated'
 
