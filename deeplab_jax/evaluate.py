@@ -245,14 +245,21 @@ def read_evaluations(workdir: str) -> List[Tuple[str, Dict]]:
   return rows
 
 
+def _key(row: Dict) -> Tuple:
+  return row['step'], row.get('split'), row.get('protocol')
+
+
 def append_evaluation(workdir: str, result: Dict) -> None:
   """Adds `result` as a line of WORKDIR/evals.jsonl, keeping the readable lines before it.
 
+  A line of the same step, split and protocol (a checkpoint scored again with --mode=eval) is
+  replaced, so each figure appears once and summaries do not count it twice.
   The file is rewritten whole, as object stores (gs://) cannot append, and atomically: a temp
   file in the same folder replaces it, so a kill leaves the old file or the new one.
   """
   path = epath.Path(workdir) / EVALS_FILE
-  lines = [line for line, _ in read_evaluations(workdir)]
+  key = _key(result)
+  lines = [line for line, row in read_evaluations(workdir) if _key(row) != key]
   lines.append(json.dumps(_nan_to_none(result)))
   temp = path.parent / f'.{EVALS_FILE}.{uuid.uuid4().hex}.tmp'
   text = '\n'.join(lines) + '\n'

@@ -182,6 +182,11 @@ def train_and_evaluate(config, workdir: str):
   setup = _Setup(config, workdir)
   num_steps = config.train.num_steps
   start = int(jax.device_get(setup.state.step))
+  shared = set(config.eval.split.split('+')) & set(config.data.train_split.split('+'))
+  if shared:
+    logging.warning('eval.split=%r shares %s with data.train_split=%r: its mIoU measures the '
+                    'fit to training frames, not generalisation.', config.eval.split,
+                    sorted(shared), config.data.train_split)
   train_step = jax.jit(
       steps.make_train_step(setup.model, setup.tx, setup.schedule, setup.dataset.ignore_label,
                             config.train.top_k_percent_pixels,

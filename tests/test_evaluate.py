@@ -261,6 +261,18 @@ def test_a_damaged_evals_line_is_skipped_and_dropped_at_the_next_write(tmp_path,
   assert summarize.last_evaluation(str(tmp_path))['step'] == 6
 
 
+def test_scoring_a_checkpoint_again_replaces_its_line(tmp_path):
+  """--mode=eval on a step already scored under the same protocol leaves one line for it (the
+  new one); another protocol or split of that step keeps its own line."""
+  evaluate.append_evaluation(str(tmp_path), _row(2))
+  evaluate.append_evaluation(str(tmp_path), _row(2, protocol='whole scales=1.0 os=16 ema=0.99'))
+  evaluate.append_evaluation(str(tmp_path), {**_row(2), 'split': 'dev'})
+  evaluate.append_evaluation(str(tmp_path), {**_row(2), 'miou': 0.25})
+  rows = [json.loads(line) for line in (tmp_path / 'evals.jsonl').read_text().splitlines()]
+  assert [(r['split'], r['protocol'].endswith('ema=0.99'), r['miou']) for r in rows] == [
+      ('val', True, 0.5), ('dev', False, 0.5), ('val', False, 0.25)]
+
+
 def test_evals_are_written_atomically(tmp_path, monkeypatch):
   """A write killed before its rename leaves the previous file as it was."""
   path = tmp_path / 'evals.jsonl'
