@@ -44,7 +44,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.data.pad_height_multiple = 1
 
   config.model = ml_collections.ConfigDict()
-  # deeplabv1 | deeplabv2 | deeplabv3 | deeplabv3plus (v3plus adds the decoder).
+  # deeplabv1 | deeplabv2 | deeplabv3 | deeplabv3plus (v3plus adds the decoder) | fc_densenet.
   config.model.name = 'deeplabv3plus'
   # aspp (v3, v3+) | aspp_l (v2) | context_module | none (v1, or a cascade alone).
   config.model.context = 'aspp'
@@ -100,6 +100,14 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.model.aux_head.features = 256
   config.model.aux_head.dropout_rate = 0.1
   config.model.aux_head.loss_weight = 0.5
+  # FC-DenseNet (model.name='fc_densenet', which has no backbone): depth 56 | 67 | 103 picks the
+  # paper's layers per block and growth rate; block_layers (odd length) and growth override them.
+  config.model.fc_densenet = ml_collections.ConfigDict()
+  config.model.fc_densenet.depth = 103
+  config.model.fc_densenet.block_layers = ()
+  config.model.fc_densenet.growth = 0  # 0: the depth's (12 for 56, else 16)
+  config.model.fc_densenet.first_features = 48
+  config.model.fc_densenet.dropout_rate = 0.2
 
   config.optim = ml_collections.ConfigDict()
   config.optim.learning_rate = 0.01
@@ -109,6 +117,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.optim.decay_every_steps = 2000
   config.optim.decay_factor = 0.1
   config.optim.warmup_steps = 0
+  config.optim.optimizer = 'sgd'      # or 'rmsprop' (Lasagne's, FC-DenseNet): momentum unused
+  config.optim.rmsprop_decay = 0.9
+  config.optim.rmsprop_eps = 1e-6
   config.optim.momentum = 0.9
   config.optim.nesterov = False
   config.optim.weight_decay = 1e-4

@@ -1,5 +1,5 @@
-"""The optax chain: poly (or step) schedule with linear warmup, SGD momentum, masked weight decay;
-and the exponential moving average of the weights (optim.ema_decay)."""
+"""The optax chain: poly (or step) schedule with linear warmup, SGD momentum (or RMSprop),
+masked weight decay; and the exponential moving average of the weights (optim.ema_decay)."""
 
 import re
 
@@ -12,6 +12,7 @@ from deeplab_jax.errors import UserError
 
 
 SCHEDULES = ('poly', 'step')
+OPTIMIZERS = ('sgd', 'rmsprop')
 
 
 def learning_rate_schedule(optim_config, num_steps: int) -> optax.Schedule:
@@ -58,7 +59,11 @@ def batch_norm_mask(params):
 
 def make_optimizer(optim_config, num_steps: int,
                    freeze_batch_norm: bool = False) -> optax.GradientTransformation:
-  """SGD with momentum on the poly schedule; L2 weight decay added to the masked gradients.
+  """SGD with momentum (or RMSprop: optim.optimizer) on the schedule; L2 weight decay added to
+  the masked gradients.
+
+  RMSprop is Lasagne's (FC-DenseNet's code): accu = decay accu + (1 - decay) g^2, step
+  lr g / sqrt(accu + eps), with eps inside the root and no momentum.
 
   `freeze_batch_norm` (model.freeze_batch_norm_params): BatchNorm's scale and offset get no
   update at all, neither from the gradient nor from weight decay (`batch_norm_mask`).
@@ -70,8 +75,17 @@ def make_optimizer(optim_config, num_steps: int,
   if c.weight_decay:
     chain.append(optax.add_decayed_weights(
         c.weight_decay, mask=lambda p: weight_decay_mask(p, c.weight_decay_pattern)))
-  chain.append(optax.sgd(learning_rate_schedule(c, num_steps), momentum=c.momentum or None,
-                         nesterov=c.nesterov))
+  if c.optimizer not in OPTIMIZERS:
+    raise UserError(f'optim.optimizer={c.optimizer!r} is not one of {OPTIMIZERS}.')
+  schedule = learning_rate_schedule(c, num_steps)
+  if c.optimizer == 'rmsprop':
+    if not 0 <= c.rmsprop_decay < 1 or c.rmsprop_eps <= 0:
+      raise UserError(f'optim.rmsprop_decay={c.rmsprop_decay} must be in [0, 1) and '
+                      f'optim.rmsprop_eps={c.rmsprop_eps} above 0.')
+    chain.append(optax.rmsprop(schedule, decay=c.rmsprop_decay, eps=c.rmsprop_eps,
+                               eps_in_sqrt=True))
+  else:
+    chain.append(optax.sgd(schedule, momentum=c.momentum or None, nesterov=c.nesterov))
   tx = optax.chain(*chain)
   if not freeze_batch_norm:
     return tx

@@ -67,6 +67,9 @@ TABLE_ROWS = (
     'configs/v3plus_mobilenet_voc.py:dm05',
     'configs/v3plus_camvid.py',
     'configs/v3plus_camvid.py:cpu',
+    'configs/fc_densenet_camvid.py',
+    'configs/fc_densenet_camvid.py:67',
+    'configs/fc_densenet_camvid.py:56',
     'configs/quickstart.py',
 )
 TABLE_COLUMNS = ('config', 'backbone', 'context', 'OS', 'crop', 'params', 'multiply-adds')
@@ -103,10 +106,17 @@ def count_macs(model, crop: Sequence[int]) -> Tuple[int, Dict[str, int]]:
   def interceptor(next_fun, args, kwargs, context):
     out = next_fun(*args, **kwargs)
     module = context.module
+    macs = 0
     if isinstance(module, nn.Conv) and context.method_name == '__call__':
       cin = args[0].shape[-1]
       macs = (int(np.prod(out.shape[:-1])) * int(np.prod(module.kernel_size))
               * (cin // module.feature_group_count) * out.shape[-1])
+    elif isinstance(module, nn.ConvTranspose) and context.method_name == '__call__':
+      # Each input pixel scatters the whole kernel: input pixels x taps x in x out channels.
+      cin = args[0].shape[-1]
+      macs = (int(np.prod(args[0].shape[:-1])) * int(np.prod(module.kernel_size)) * cin
+              * out.shape[-1])
+    if macs:
       top = module.scope.path[0] if module.scope.path else '?'
       by_module[top] = by_module.get(top, 0) + macs
     return out
@@ -153,7 +163,7 @@ def receptive_field(model_config, max_size: int = 65537) -> Tuple[int, bool]:
     variables = _positive_variables(
         jax.eval_shape(model.init, jax.random.key(0), x0.astype(jnp.float32)))
 
-    def centre_logit(x):
+    def centre_logit(x, variables):
       _, state = model.apply(variables, x, capture_intermediates=(
           lambda m, method: m.name == logits_module and method == '__call__'),
           mutable=['intermediates'])
@@ -161,7 +171,8 @@ def receptive_field(model_config, max_size: int = 65537) -> Tuple[int, bool]:
       h, w = logits.shape[1:3]
       return logits[0, h // 2, w // 2, 0]
 
-    grad = jax.jit(jax.grad(centre_logit))(x0)
+    # The weights go in as arguments: as constants XLA would fold the whole backward pass.
+    grad = jax.jit(jax.grad(centre_logit))(x0, variables)
     rows = np.nonzero(np.asarray(jnp.any(grad[0] != 0, axis=(1, 2))))[0]
     return int(rows[-1] - rows[0] + 1), bool(rows[0] == 0 or rows[-1] == height - 1)
 
@@ -200,12 +211,14 @@ def summarize(config, crop=None, with_receptive_field: bool = True) -> Dict[str,
   model = registry.build_model(config.model, num_classes)
   macs, by_module = count_macs(model, crop)
   m = config.model
+  whole = m.name in registry.WHOLE_MODELS  # one network: no backbone or context module
   result = {
-      'model': m.name, 'backbone': m.backbone.name, 'context': m.context,
+      'model': m.name, 'backbone': None if whole else m.backbone.name,
+      'context': None if whole else m.context,
       'output_stride': m.output_stride, 'crop': list(crop), 'num_classes': num_classes,
       'params': count_params(model, crop), 'macs': macs, 'macs_by_module': by_module,
   }
-  if m.context in ('aspp', 'aspp_l'):
+  if not whole and m.context in ('aspp', 'aspp_l'):
     fs = feature_size(crop, m.output_stride)
     result['aspp_feature_size'] = list(fs)
     result['aspp_taps'] = [aspp_taps(fs, r) for r in m.aspp.atrous_rates]
@@ -217,7 +230,9 @@ def summarize(config, crop=None, with_receptive_field: bool = True) -> Dict[str,
 
 
 def format_text(r: Dict[str, Any]) -> str:
-  lines = [f"{r['model']} / {r['backbone']} / context {r['context']}, OS{r['output_stride']}, "
+  name = (r['model'] if r['backbone'] is None
+          else f"{r['model']} / {r['backbone']} / context {r['context']}")
+  lines = [f"{name}, OS{r['output_stride']}, "
            f"{r['num_classes']} classes, input {r['crop'][0]} x {r['crop'][1]}",
            f"  parameters       {r['params']:,}",
            f"  multiply-adds    {r['macs'] / 1e9:.2f} B  (" + ', '.join(
@@ -265,6 +280,14 @@ def table_row(spec: str, root: str = ROOT) -> Dict[str, str]:
   config = load_config(spec, root)
   r = summarize(config, with_receptive_field=False)
   m = config.model
+  if r['backbone'] is None:  # a whole model (FC-DenseNet): its own name and depth
+    return {'config': f'`{spec}`', 'backbone': f'FC-DenseNet{m.fc_densenet.depth}'
+                                                + (f' x{m.width_multiplier:g}'
+                                                   if m.width_multiplier != 1 else ''),
+            'context': 'dense blocks + skips', 'OS': str(r['output_stride']),
+            'crop': f"{r['crop'][0]} x {r['crop'][1]}",
+            'params': f"{_one_decimal(r['params'] / 1e6)} M",
+            'multiply-adds': f"{_one_decimal(r['macs'] / 1e9)} B"}
   heads = [f'cascade (blocks 5-{4 + m.backbone.extra_blocks})'] if m.backbone.extra_blocks else []
   if r['context'] != 'none' or not heads:
     heads.append(r['context'])

@@ -26,7 +26,8 @@ def optim_config(**changes):
   c = ml_collections.ConfigDict(dict(
       learning_rate=0.01, end_learning_rate=0.0, power=0.9, schedule='poly',
       decay_every_steps=2000, decay_factor=0.1, warmup_steps=0, momentum=0.9, nesterov=False,
-      weight_decay=1e-4, weight_decay_pattern=r'.*/kernel$', grad_clip_norm=0.0))
+      weight_decay=1e-4, weight_decay_pattern=r'.*/kernel$', grad_clip_norm=0.0,
+      optimizer='sgd', rmsprop_decay=0.9, rmsprop_eps=1e-6))
   c.update(changes)
   return c
 
@@ -89,7 +90,7 @@ def tiny_params(name, arg='smoke'):
 
 @pytest.mark.parametrize('name, depthwise_decayed', [
     ('quickstart', True), ('v1_voc', True), ('v3plus_voc', False),
-    ('v3plus_mobilenet_voc', False)])
+    ('v3plus_mobilenet_voc', False), ('fc_densenet_camvid', True)])
 def test_weight_decay_mask_on_real_parameter_trees(name, depthwise_decayed):
   """Decided from each array's shape alone: a 4-d array is a conv kernel ([kh, kw, in, out]);
   one with in == 1 is depthwise (one input channel per group); 1-d arrays are BatchNorm
@@ -147,3 +148,22 @@ def test_momentum_and_clipping_by_hand():
 def test_bad_weight_decay_pattern_is_named():
   with pytest.raises(UserError, match=r"optim.weight_decay_pattern='\(' is not a regex"):
     optim.weight_decay_mask({'a': {'kernel': jnp.zeros(1)}}, '(')
+
+
+def test_rmsprop_is_lasagnes_by_hand():
+  """Lasagne's rmsprop (FC-DenseNet's code), in numpy: accu = 0.9 accu + 0.1 g^2, then
+  w -= lr g / sqrt(accu + 1e-6), the accumulator starting at zero, on the step schedule."""
+  params = {'w': {'kernel': jnp.zeros((2,))}}
+  grads = [np.array([3.0, -4.0]), np.array([0.5, 2.0]), np.array([-1.0, 1e-3])]
+  c = optim_config(optimizer='rmsprop', weight_decay=0.0, learning_rate=1e-3, schedule='step',
+                   decay_every_steps=2, decay_factor=0.995)
+  tx = optim.make_optimizer(c, 1000)
+  state = tx.init(params)
+  accu = np.zeros(2)
+  for t, g in enumerate(grads):
+    update, state = tx.update({'w': {'kernel': jnp.asarray(g)}}, state, params)
+    accu = 0.9 * accu + 0.1 * g ** 2
+    lr = 1e-3 * 0.995 ** (t // 2)
+    np.testing.assert_allclose(update['w']['kernel'], -lr * g / np.sqrt(accu + 1e-6), rtol=1e-5)
+  with pytest.raises(UserError, match="optim.optimizer='adam' is not one of"):
+    optim.make_optimizer(optim_config(optimizer='adam'), 1000)

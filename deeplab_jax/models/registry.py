@@ -3,7 +3,9 @@ another output stride.
 
 A new backbone is a module with a `from_config(model_config) -> (backbone partial, its stride-4
 endpoint)` and a line in BACKBONES; a new system is a module with a
-`from_config(model_config, num_classes, backbone, low_level_endpoint)` and a line in MODELS.
+`from_config(model_config, num_classes, backbone, low_level_endpoint)` and a line in MODELS, or,
+where it is one network with no backbone to choose (FC-DenseNet), a
+`from_config(model_config, num_classes)` and a line in WHOLE_MODELS; model.backbone is not read.
 """
 
 import copy
@@ -13,6 +15,7 @@ import ml_collections
 
 from deeplab_jax.errors import UserError
 from deeplab_jax.models import deeplab
+from deeplab_jax.models import fc_densenet
 from deeplab_jax.models import mobilenet
 from deeplab_jax.models import resnet
 from deeplab_jax.models import strides
@@ -33,6 +36,9 @@ MODELS = {
     'deeplabv3': deeplab.from_config,
     'deeplabv3plus': deeplab.from_config,
 }
+WHOLE_MODELS = {
+    'fc_densenet': fc_densenet.from_config,
+}
 # The atrous rates, after the backbone, that a model at another output stride rescales: those
 # of the context module in use (model.context) and those of a backbone's own head layers.
 CONTEXT_RATES = {'aspp': 'aspp.atrous_rates', 'aspp_l': 'aspp.atrous_rates',
@@ -48,7 +54,9 @@ def _choice(value, valid, field):
 def build_model(model_config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
   """The network `model_config` names (fields as in configs/common.py)."""
   c = model_config
-  _choice(c.name, MODELS, 'model.name')
+  _choice(c.name, {**MODELS, **WHOLE_MODELS}, 'model.name')
+  if c.name in WHOLE_MODELS:
+    return WHOLE_MODELS[c.name](c, num_classes)
   _choice(c.backbone.name, BACKBONES, 'model.backbone.name')
   strides.check_output_stride(c.output_stride, 'model.output_stride')
   if c.freeze_batch_norm_params and c.fine_tune_batch_norm:
@@ -72,6 +80,9 @@ def at_output_stride(model_config: ml_collections.ConfigDict, output_stride: int
   strides.check_output_stride(output_stride, field)
   if output_stride == c.output_stride:
     return c
+  if c.name in WHOLE_MODELS:
+    raise UserError(f'{field}={output_stride}: model.name={c.name!r} has no atrous rates to '
+                    f'rescale; it runs at its own output stride, {c.output_stride}.')
   _choice(c.context, CONTEXT_RATES, 'model.context')
   paths = ((CONTEXT_RATES[c.context],) if CONTEXT_RATES[c.context] else ()) + BACKBONE_RATES.get(
       c.backbone.name, ())
