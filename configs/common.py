@@ -44,7 +44,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.data.pad_height_multiple = 1
 
   config.model = ml_collections.ConfigDict()
-  # deeplabv1 | deeplabv2 | deeplabv3 | deeplabv3plus (v3plus adds the decoder) | fc_densenet.
+  # deeplabv1 | deeplabv2 | deeplabv3 | deeplabv3plus (adds the decoder) | unet | fc_densenet.
   config.model.name = 'deeplabv3plus'
   # aspp (v3, v3+) | aspp_l (v2) | context_module | none (v1, or a cascade alone).
   config.model.context = 'aspp'
@@ -100,6 +100,13 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.model.aux_head.features = 256
   config.model.aux_head.dropout_rate = 0.1
   config.model.aux_head.loss_weight = 0.5
+  # U-Net (model.name='unet', no backbone): 'valid' convs (the paper, with overlap-tile
+  # mirroring at the image's border) or 'same'; features: the first level's channels.
+  config.model.unet = ml_collections.ConfigDict()
+  config.model.unet.features = 64
+  config.model.unet.padding = 'valid'
+  config.model.unet.batch_norm = False
+  config.model.unet.dropout_rate = 0.5
   # FC-DenseNet (model.name='fc_densenet', which has no backbone): depth 56 | 67 | 103 picks the
   # paper's layers per block and growth rate; block_layers (odd length) and growth override them.
   config.model.fc_densenet = ml_collections.ConfigDict()

@@ -67,6 +67,8 @@ TABLE_ROWS = (
     'configs/v3plus_mobilenet_voc.py:dm05',
     'configs/v3plus_camvid.py',
     'configs/v3plus_camvid.py:cpu',
+    'configs/unet_camvid.py',
+    'configs/unet_camvid.py:same',
     'configs/fc_densenet_camvid.py',
     'configs/fc_densenet_camvid.py:67',
     'configs/fc_densenet_camvid.py:56',
@@ -280,11 +282,10 @@ def table_row(spec: str, root: str = ROOT) -> Dict[str, str]:
   config = load_config(spec, root)
   r = summarize(config, with_receptive_field=False)
   m = config.model
-  if r['backbone'] is None:  # a whole model (FC-DenseNet): its own name and depth
-    return {'config': f'`{spec}`', 'backbone': f'FC-DenseNet{m.fc_densenet.depth}'
-                                                + (f' x{m.width_multiplier:g}'
-                                                   if m.width_multiplier != 1 else ''),
-            'context': 'dense blocks + skips', 'OS': str(r['output_stride']),
+  if r['backbone'] is None:  # a whole model (U-Net, FC-DenseNet) describes itself
+    backbone, context = registry.WHOLE_MODELS[m.name].describe(m)
+    return {'config': f'`{spec}`', 'backbone': backbone, 'context': context,
+            'OS': str(r['output_stride']),
             'crop': f"{r['crop'][0]} x {r['crop'][1]}",
             'params': f"{_one_decimal(r['params'] / 1e6)} M",
             'multiply-adds': f"{_one_decimal(r['macs'] / 1e9)} B"}

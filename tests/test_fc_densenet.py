@@ -13,6 +13,7 @@ from deeplab_jax import summary
 from deeplab_jax.errors import UserError
 from deeplab_jax.models import fc_densenet
 from deeplab_jax.models import registry
+import numpy_nets
 
 
 def _config(arg=None):
@@ -57,23 +58,10 @@ def test_transposed_conv_multiply_adds_by_hand():
   assert total == 16 * 9 * 3 * 5
 
 
-def _conv(x, kernel, bias):
-  """SAME cross-correlation of HWC `x` with an odd [k, k, in, out] kernel, plus bias."""
-  k = kernel.shape[0]
-  p = k // 2
-  padded = np.pad(x, ((p, p), (p, p), (0, 0)))
-  h, w = x.shape[:2]
-  out = np.zeros((h, w, kernel.shape[-1]))
-  for a in range(k):
-    for b in range(k):
-      out += padded[a:a + h, b:b + w] @ kernel[a, b]
-  return out + bias
-
-
 def _layer(x, p, s, eps=1e-4):
   """BatchNorm (moving statistics) -> ReLU -> conv; dropout is the identity at evaluation."""
   x = (x - s['bn']['mean']) / np.sqrt(s['bn']['var'] + eps) * p['bn']['scale'] + p['bn']['bias']
-  return _conv(np.maximum(x, 0), p['conv']['kernel'], p['conv']['bias'])
+  return numpy_nets.conv(np.maximum(x, 0), p['conv']['kernel'], p['conv']['bias'])
 
 
 def _numpy_fc_densenet(image, params, stats, block_layers):
@@ -92,23 +80,12 @@ def _numpy_fc_densenet(image, params, stats, block_layers):
       stack = np.concatenate([stack, y], -1)
     return stack, np.concatenate(new, -1)
 
-  stack = _conv(x, params['first_conv']['kernel'], params['first_conv']['bias'])
+  stack = numpy_nets.conv(x, params['first_conv']['kernel'], params['first_conv']['bias'])
   skip, _ = block(stack, 0)
   down = _layer(skip, params['down0'], stats['down0'])
-  hh, ww = down.shape[0] // 2, down.shape[1] // 2
-  pooled = down[:2 * hh, :2 * ww].reshape(hh, 2, ww, 2, -1).max(axis=(1, 3))
-  _, new = block(pooled, 1)
-  # The transposed conv: input pixel (i, j) adds its maps times kernel tap (2 - a, 2 - b) at
-  # output (2i + a, 2j + b): flax's ConvTranspose (transpose_kernel=False) is the lhs-dilated
-  # input correlated with the kernel, which scatters the kernel flipped.
-  kernel, bias = params['up0']['kernel'], params['up0']['bias']
-  up = np.zeros((2 * hh + 1, 2 * ww + 1, kernel.shape[-1]))
-  for i in range(hh):
-    for j in range(ww):
-      for a in range(3):
-        for b in range(3):
-          up[2 * i + a, 2 * j + b] += new[i, j] @ kernel[2 - a, 2 - b]
-  up = up[:skip.shape[0], :skip.shape[1]] + bias
+  _, new = block(numpy_nets.max_pool2(down), 1)
+  up = numpy_nets.conv_transpose2(new, params['up0']['kernel'], params['up0']['bias'])
+  up = up[:skip.shape[0], :skip.shape[1]]
   stack, _ = block(np.concatenate([up, skip], -1), 2)
   logits = stack @ params['classifier']['kernel'][0, 0] + params['classifier']['bias']
   return logits[:h, :w]

@@ -90,7 +90,7 @@ def tiny_params(name, arg='smoke'):
 
 @pytest.mark.parametrize('name, depthwise_decayed', [
     ('quickstart', True), ('v1_voc', True), ('v3plus_voc', False),
-    ('v3plus_mobilenet_voc', False), ('fc_densenet_camvid', True)])
+    ('v3plus_mobilenet_voc', False), ('fc_densenet_camvid', True), ('unet_camvid', True)])
 def test_weight_decay_mask_on_real_parameter_trees(name, depthwise_decayed):
   """Decided from each array's shape alone: a 4-d array is a conv kernel ([kh, kw, in, out]);
   one with in == 1 is depthwise (one input channel per group); 1-d arrays are BatchNorm

@@ -160,3 +160,9 @@ def from_config(model_config: ml_collections.ConfigDict, num_classes: int) -> FC
                     dropout_rate=f.dropout_rate, bn_momentum=c.bn_momentum,
                     bn_epsilon=c.bn_epsilon, fine_tune_batch_norm=c.fine_tune_batch_norm,
                     cpu_kernels=c.cpu_kernels, dtype=jnp.bfloat16 if c.dtype == 'bfloat16' else jnp.float32)
+
+
+def describe(model_config):
+  """README's model-table cells (backbone, context) for this network."""
+  width = f' x{model_config.width_multiplier:g}' if model_config.width_multiplier != 1 else ''
+  return f'FC-DenseNet{model_config.fc_densenet.depth}{width}', 'dense blocks + skips'

@@ -4,8 +4,9 @@ another output stride.
 A new backbone is a module with a `from_config(model_config) -> (backbone partial, its stride-4
 endpoint)` and a line in BACKBONES; a new system is a module with a
 `from_config(model_config, num_classes, backbone, low_level_endpoint)` and a line in MODELS, or,
-where it is one network with no backbone to choose (FC-DenseNet), a
-`from_config(model_config, num_classes)` and a line in WHOLE_MODELS; model.backbone is not read.
+where it is one network with no backbone to choose (U-Net, FC-DenseNet), a module with a
+`from_config(model_config, num_classes)` and a `describe(model_config)` (the model table's
+backbone and context cells) and a line in WHOLE_MODELS; model.backbone is not read.
 """
 
 import copy
@@ -19,6 +20,7 @@ from deeplab_jax.models import fc_densenet
 from deeplab_jax.models import mobilenet
 from deeplab_jax.models import resnet
 from deeplab_jax.models import strides
+from deeplab_jax.models import unet
 from deeplab_jax.models import vgg
 from deeplab_jax.models import xception
 
@@ -37,7 +39,8 @@ MODELS = {
     'deeplabv3plus': deeplab.from_config,
 }
 WHOLE_MODELS = {
-    'fc_densenet': fc_densenet.from_config,
+    'fc_densenet': fc_densenet,
+    'unet': unet,
 }
 # The atrous rates, after the backbone, that a model at another output stride rescales: those
 # of the context module in use (model.context) and those of a backbone's own head layers.
@@ -56,7 +59,7 @@ def build_model(model_config: ml_collections.ConfigDict, num_classes: int) -> nn
   c = model_config
   _choice(c.name, {**MODELS, **WHOLE_MODELS}, 'model.name')
   if c.name in WHOLE_MODELS:
-    return WHOLE_MODELS[c.name](c, num_classes)
+    return WHOLE_MODELS[c.name].from_config(c, num_classes)
   _choice(c.backbone.name, BACKBONES, 'model.backbone.name')
   strides.check_output_stride(c.output_stride, 'model.output_stride')
   if c.freeze_batch_norm_params and c.fine_tune_batch_norm:
