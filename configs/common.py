@@ -44,7 +44,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.data.pad_height_multiple = 1
 
   config.model = ml_collections.ConfigDict()
-  # deeplabv1 | deeplabv2 | deeplabv3 | deeplabv3plus (adds the decoder) | unet | fc_densenet.
+  # deeplabv1 | deeplabv2 | deeplabv3 | deeplabv3plus (adds the decoder) | fcn | unet |
+  # fc_densenet.
   config.model.name = 'deeplabv3plus'
   # aspp (v3, v3+) | aspp_l (v2) | context_module | none (v1, or a cascade alone).
   config.model.context = 'aspp'
@@ -100,6 +101,14 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.model.aux_head.features = 256
   config.model.aux_head.dropout_rate = 0.1
   config.model.aux_head.loss_weight = 0.5
+  # FCN on VGG-16 (model.name='fcn'): fcn32s | fcn16s | fcn8s; 'reference' padding (conv1 by
+  # 100, ceil pooling, fixed crops) or 'same' (inputs padded to a multiple of 32).
+  config.model.fcn = ml_collections.ConfigDict()
+  config.model.fcn.variant = 'fcn8s'
+  config.model.fcn.padding = 'reference'
+  config.model.fcn.learn_upsampling = False  # the reference code's frozen bilinear kernels
+  config.model.fcn.at_once = False           # pool4 x 0.01, pool3 x 1e-4 (voc-fcn8s-atonce)
+  config.model.fcn.dropout_rate = 0.5
   # U-Net (model.name='unet', no backbone): 'valid' convs (the paper, with overlap-tile
   # mirroring at the image's border) or 'same'; features: the first level's channels.
   config.model.unet = ml_collections.ConfigDict()

@@ -9,14 +9,14 @@ The recipe (SimJeg/FC-DenseNet's config and train.py): RMSprop (Lasagne's, eps 1
 root) at 1e-3, decayed by 0.995 every epoch (123 steps of 3 images: 367 / 3 rounded up), random
 224 x 224 crops and left-right flips at batch 3, no rescaling, dropout 0.2, for at most 750
 epochs; then fine-tuning on whole 360 x 480 images at 1e-4 (`finetune`, from the first stage's
-workdir, 100 epochs of one image a step). Translated: the official L2 penalty is 1e-4 * sum(w^2), whose gradient is 2e-4 w, so
-optim.weight_decay (which adds decay * w to the gradient) is 2e-4, on conv kernels only as in
-Lasagne (biases and BatchNorm are not regularisable there). What differs, and why: training
-runs a fixed number of steps (750 and 100 epochs) rather than stopping early on val (patience
-100 and 50),
-as choosing the stop on val would make val's figure a tuned one; BatchNorm normalises with its
-moving statistics at evaluation (the official code keeps batch statistics at test time); images
-are normalised by the ImageNet mean and std like every config here.
+workdir, 100 epochs of one image a step). Translated: the official L2 penalty is
+1e-4 * sum(w^2), whose gradient is 2e-4 w, so optim.weight_decay (which adds decay * w to the
+gradient) is 2e-4, on conv kernels only as in Lasagne (biases and BatchNorm are not
+regularisable there). What differs, and why: training runs a fixed number of steps (750 and 100
+epochs) rather than stopping early on val (patience 100 and 50), as choosing the stop on val
+would make val's figure a tuned one; BatchNorm normalises with its moving statistics at
+evaluation (the official code keeps batch statistics at test time); images are normalised by
+the ImageNet mean and std like every config here.
 
 Variants: `56`, `67` (the paper's smaller models), `finetune`, `dev` (train less sequence 0006R0,
 scored on it: docs/data.md), `smoke` (a tiny model the tests train for two steps).

@@ -7,7 +7,8 @@ r"""What a config's model costs: parameters, multiply-adds, receptive field, ASP
 the config's own training crop (`config.data.crop_size`), without the receptive field.
 
 Multiply-adds count every convolution (kernel taps x input channels per group x output
-channels x output pixels) of one image at inference, image pooling at its 1 x 1 size; the
+channels x output pixels) and transposed convolution (input pixels x taps x input x output
+channels) of one image at inference, image pooling at its 1 x 1 size; the
 bilinear resizes, BatchNorm and activations are not counted (the convention of the DeepLab
 papers and model zoo). Parameters count trainable values (BatchNorm scale and offset, not
 its running statistics), as torchvision's `parameters()` does.
@@ -40,6 +41,7 @@ from ml_collections import config_flags
 
 from deeplab_jax import data
 from deeplab_jax.errors import UserError
+from deeplab_jax.models import fcn
 from deeplab_jax.models import layers
 from deeplab_jax.models import registry
 
@@ -67,6 +69,9 @@ TABLE_ROWS = (
     'configs/v3plus_mobilenet_voc.py:dm05',
     'configs/v3plus_camvid.py',
     'configs/v3plus_camvid.py:cpu',
+    'configs/fcn_voc.py',
+    'configs/fcn_voc.py:fcn16s',
+    'configs/fcn_voc.py:fcn32s',
     'configs/unet_camvid.py',
     'configs/unet_camvid.py:same',
     'configs/fc_densenet_camvid.py',
@@ -118,6 +123,10 @@ def count_macs(model, crop: Sequence[int]) -> Tuple[int, Dict[str, int]]:
       cin = args[0].shape[-1]
       macs = (int(np.prod(args[0].shape[:-1])) * int(np.prod(module.kernel_size)) * cin
               * out.shape[-1])
+    elif (isinstance(module, fcn.Upsample) and not module.learn
+          and context.method_name == '__call__'):
+      # FCN's frozen bilinear upsampling: a transposed conv with a constant kernel.
+      macs = int(np.prod(args[0].shape[:-1])) * (2 * module.factor) ** 2 * out.shape[-1] ** 2
     if macs:
       top = module.scope.path[0] if module.scope.path else '?'
       by_module[top] = by_module.get(top, 0) + macs

@@ -36,6 +36,7 @@ VARIANTS = {
     'v3plus_mobilenet_voc': [None, 'dm05', 'smoke'],
     'fc_densenet_camvid': [None, '56', '67', 'finetune', 'dev', 'smoke'],
     'unet_camvid': [None, 'same', 'dev', 'same,smoke', 'smoke'],
+    'fcn_voc': [None, 'fcn16s', 'fcn32s', 'atonce', 'learned', 'same', 'smoke'],
 }
 # The family members and the variant a test trains for two steps on CPU.
 TINY = {n: next(a for a in v if a and 'smoke' in a) for n, v in VARIANTS.items()

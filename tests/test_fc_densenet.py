@@ -84,7 +84,7 @@ def _numpy_fc_densenet(image, params, stats, block_layers):
   skip, _ = block(stack, 0)
   down = _layer(skip, params['down0'], stats['down0'])
   _, new = block(numpy_nets.max_pool2(down), 1)
-  up = numpy_nets.conv_transpose2(new, params['up0']['kernel'], params['up0']['bias'])
+  up = numpy_nets.conv_transpose(new, params['up0']['kernel'], params['up0']['bias'])
   up = up[:skip.shape[0], :skip.shape[1]]
   stack, _ = block(np.concatenate([up, skip], -1), 2)
   logits = stack @ params['classifier']['kernel'][0, 0] + params['classifier']['bias']

@@ -90,7 +90,7 @@ def tiny_params(name, arg='smoke'):
 
 @pytest.mark.parametrize('name, depthwise_decayed', [
     ('quickstart', True), ('v1_voc', True), ('v3plus_voc', False),
-    ('v3plus_mobilenet_voc', False), ('fc_densenet_camvid', True), ('unet_camvid', True)])
+    ('v3plus_mobilenet_voc', False), ('fc_densenet_camvid', True), ('unet_camvid', True), ('fcn_voc', True)])
 def test_weight_decay_mask_on_real_parameter_trees(name, depthwise_decayed):
   """Decided from each array's shape alone: a 4-d array is a conv kernel ([kh, kw, in, out]);
   one with in == 1 is depthwise (one input channel per group); 1-d arrays are BatchNorm
@@ -105,7 +105,8 @@ def test_weight_decay_mask_on_real_parameter_trees(name, depthwise_decayed):
   # The tree has each kind the rule names, so no case is vacuous.
   assert any(len(s) == 1 for s in shapes.values())
   assert any(len(s) == 4 and s[2] == 1 for s in shapes.values()) == (not depthwise_decayed)
-  assert not mask['classifier/bias'] and mask['classifier/kernel']
+  classifier = {'fcn_voc': 'score_fr'}.get(name, 'classifier')
+  assert not mask[f'{classifier}/bias'] and mask[f'{classifier}/kernel']
 
 
 def test_optimizer_decays_only_the_masked_parameters():

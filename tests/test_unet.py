@@ -72,7 +72,7 @@ def _numpy_unet(image, params, levels=4):
   def two(x, name):
     for i in (1, 2):
       p = params[f'{name}_conv{i}']
-      x = np.maximum(numpy_nets.conv(x, p['kernel'], p['bias'], same=False), 0)
+      x = np.maximum(numpy_nets.conv(x, p['kernel'], p['bias'], pad=0), 0)
     return x
 
   skips, x = [], image
@@ -82,7 +82,7 @@ def _numpy_unet(image, params, levels=4):
     x = numpy_nets.max_pool2(x)
   x = two(x, 'bottom')
   for level in range(levels, 0, -1):
-    x = numpy_nets.conv_transpose2(x, params[f'up{level}']['kernel'], params[f'up{level}']['bias'])
+    x = numpy_nets.conv_transpose(x, params[f'up{level}']['kernel'], params[f'up{level}']['bias'])
     skip = skips[level - 1]
     top, left = (skip.shape[0] - x.shape[0]) // 2, (skip.shape[1] - x.shape[1]) // 2
     x = two(np.concatenate([skip[top:top + x.shape[0], left:left + x.shape[1]], x], -1),

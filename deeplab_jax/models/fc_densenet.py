@@ -2,7 +2,8 @@
 Theano/Lasagne code (SimJeg/FC-DenseNet).
 
   first conv 3x3 -> 48 maps (no activation)
-  down: dense block -> (skip) -> transition down (BN-ReLU-1x1 conv-dropout-2x2 max pool), n_pool times
+  down: dense block -> (skip) -> transition down (BN-ReLU-1x1 conv-dropout-2x2 max pool),
+      n_pool times
   bottleneck: dense block
   up: transition up (3x3 transposed conv of stride 2 on the previous block's *new* maps only,
       cropped to the skip's size) -> concatenated with the skip -> dense block, n_pool times
@@ -159,7 +160,8 @@ def from_config(model_config: ml_collections.ConfigDict, num_classes: int) -> FC
                     growth=width(f.growth or growth), first_features=width(f.first_features),
                     dropout_rate=f.dropout_rate, bn_momentum=c.bn_momentum,
                     bn_epsilon=c.bn_epsilon, fine_tune_batch_norm=c.fine_tune_batch_norm,
-                    cpu_kernels=c.cpu_kernels, dtype=jnp.bfloat16 if c.dtype == 'bfloat16' else jnp.float32)
+                    cpu_kernels=c.cpu_kernels,
+                    dtype=jnp.bfloat16 if c.dtype == 'bfloat16' else jnp.float32)
 
 
 def describe(model_config):

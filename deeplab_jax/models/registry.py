@@ -4,7 +4,7 @@ another output stride.
 A new backbone is a module with a `from_config(model_config) -> (backbone partial, its stride-4
 endpoint)` and a line in BACKBONES; a new system is a module with a
 `from_config(model_config, num_classes, backbone, low_level_endpoint)` and a line in MODELS, or,
-where it is one network with no backbone to choose (U-Net, FC-DenseNet), a module with a
+where it is one network with no backbone to choose (FCN, U-Net, FC-DenseNet), a module with a
 `from_config(model_config, num_classes)` and a `describe(model_config)` (the model table's
 backbone and context cells) and a line in WHOLE_MODELS; model.backbone is not read.
 """
@@ -17,6 +17,7 @@ import ml_collections
 from deeplab_jax.errors import UserError
 from deeplab_jax.models import deeplab
 from deeplab_jax.models import fc_densenet
+from deeplab_jax.models import fcn
 from deeplab_jax.models import mobilenet
 from deeplab_jax.models import resnet
 from deeplab_jax.models import strides
@@ -39,6 +40,7 @@ MODELS = {
     'deeplabv3plus': deeplab.from_config,
 }
 WHOLE_MODELS = {
+    'fcn': fcn,
     'fc_densenet': fc_densenet,
     'unet': unet,
 }
