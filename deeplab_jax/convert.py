@@ -5,7 +5,9 @@ r"""Converts pretrained weights into variables a run starts from (`config.init_f
   python -m deeplab_jax.main --config=configs/v3_torchvision.py:resnet50,aux \
       --config.init_from=/tmp/tv_v3 --workdir=/tmp/run ...
 
-torchvision: ImageNet ResNet-50/101 state dicts (the backbone; `fc` is dropped) and the full
+torchvision: ImageNet VGG-16 (convolutionalised into FCN's trunk, configs/fcn_voc.py, or
+decimated into DeepLab-LargeFOV's, configs/v1_voc.py: from_torchvision_vgg16), ImageNet
+ResNet-50/101 state dicts (the backbone; `fc` is dropped) and the full
 `deeplabv3_resnet50/101` and `fcn_resnet50/101` models (backbone, DeepLabHead or FCNHead,
 optional aux_classifier). Build the config in torchvision's layout (`configs/v3_torchvision.py`,
 `:fcn` for FCN; for a backbone alone, any config with `model.backbone.layout='torchvision'`).
@@ -174,6 +176,67 @@ def from_torchvision(state: Dict[str, np.ndarray]) -> Tuple[Dict[str, np.ndarray
       value = value.transpose(2, 3, 1, 0)  # [O, I, kh, kw] -> [kh, kw, I, O]
     out[key.format(target)] = value
     origin[key.format(target)] = name
+  return out, origin, dropped
+
+
+# torchvision's vgg16 `features` indices of the thirteen convs, in our names.
+_VGG_CONVS = dict(zip((0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28),
+                      [f'conv{g + 1}_{i + 1}' for g, n in enumerate((2, 2, 3, 3, 3))
+                       for i in range(n)]))
+VGG_TARGETS = ('fcn', 'largefov')
+
+
+def is_torchvision_vgg16(state: Dict[str, np.ndarray]) -> bool:
+  return 'features.0.weight' in state and 'classifier.0.weight' in state
+
+
+def from_torchvision_vgg16(state: Dict[str, np.ndarray],
+                           target: str) -> Tuple[Dict[str, np.ndarray], dict, list]:
+  """torchvision's ImageNet vgg16 -> FCN's or DeepLab-LargeFOV's convolutionalised VGG-16.
+
+  fc6 (a Linear over the flattened 512 x 7 x 7 pool5, in torch's channel, row, column order)
+  becomes a 7x7 conv and fc7 a 1x1 conv (FCN). For LargeFOV (`largefov`: the backbone of
+  configs/v1_voc.py) both are decimated as the v1 paper describes (section 4.1: fc6 subsampled
+  to 3 x 3 and both layers to 1024 channels): every 4th output channel from the first, every 3rd
+  tap of fc6 (rows and columns 0, 3, 6) and every 4th input channel of fc7; the rule of the
+  SSD VGG-16 conversion, which follows DeepLab's. fc8 (ImageNet's classes) is dropped.
+  """
+  if target not in VGG_TARGETS:
+    raise UserError(f'VGG-16 converts into {VGG_TARGETS}, not {target!r}.')
+  prefix = 'backbone/' if target == 'largefov' else ''
+  out, origin, dropped = {}, {}, []
+  for name, value in state.items():
+    value = np.asarray(value, np.float32)
+    module, _, leaf = name.rpartition('.')
+    m = re.fullmatch(r'features\.(\d+)', module)
+    if m and int(m.group(1)) in _VGG_CONVS and leaf in ('weight', 'bias'):
+      ours = prefix + _VGG_CONVS[int(m.group(1))]
+      if leaf == 'weight':
+        value = value.transpose(2, 3, 1, 0)
+    elif module in ('classifier.0', 'classifier.3') and leaf in ('weight', 'bias'):
+      ours = prefix + ('fc6' if module == 'classifier.0' else 'fc7')
+      if leaf == 'weight':
+        out_channels, fan_in = value.shape
+        if module == 'classifier.0':
+          if fan_in % 49:
+            raise UserError(f'torchvision tensor {name!r} {value.shape}: fc6 reads a 7 x 7 '
+                            'pool5, so its inputs must be a multiple of 49.')
+          value = value.reshape(out_channels, fan_in // 49, 7, 7)
+        else:
+          value = value.reshape(out_channels, fan_in, 1, 1)
+        if target == 'largefov':
+          value = value[::4, :, ::3, ::3] if module == 'classifier.0' else value[::4, ::4]
+        value = value.transpose(2, 3, 1, 0)
+      elif target == 'largefov':
+        value = value[::4]
+    elif module == 'classifier.6':
+      dropped.append(name)
+      continue
+    else:
+      raise UserError(f'torchvision tensor {name!r} {tuple(value.shape)} is not part of '
+                      'torchvision\'s vgg16 (features, classifier).')
+    key = f"params/{ours}/{'kernel' if leaf == 'weight' else 'bias'}"
+    out[key], origin[key] = value, name
   return out, origin, dropped
 
 
@@ -363,7 +426,8 @@ def convert(source: str, input_path: str, config, output: str, num_classes: int 
   if source not in SOURCES:
     raise UserError(f'--source={source!r} is not one of {SOURCES}.')
   backbone = config.model.backbone
-  if backbone.name.startswith('resnet') and backbone.layout != LAYOUTS[source]:
+  whole = config.model.name in registry.WHOLE_MODELS  # no backbone field applies
+  if not whole and backbone.name.startswith('resnet') and backbone.layout != LAYOUTS[source]:
     raise UserError(f'--source={source} weights need model.backbone.layout='
                     f'{LAYOUTS[source]!r} (where {source} puts the strides), not '
                     f'{backbone.layout!r}.')
@@ -377,7 +441,16 @@ def convert(source: str, input_path: str, config, output: str, num_classes: int 
   if source == 'tf':
     converted, origin, dropped = from_tf(read_tf_checkpoint(input_path))
   else:
-    converted, origin, dropped = from_torchvision(read_torch_state_dict(input_path))
+    state = read_torch_state_dict(input_path)
+    if is_torchvision_vgg16(state):
+      if config.model.name != 'fcn' and config.model.backbone.name != 'vgg16':
+        raise UserError('torchvision vgg16 converts into an FCN (configs/fcn_voc.py) or a '
+                        'VGG-16 backbone (configs/v1_voc.py), not model.name='
+                        f'{config.model.name!r} on {config.model.backbone.name!r}.')
+      converted, origin, dropped = from_torchvision_vgg16(
+          state, 'fcn' if config.model.name == 'fcn' else 'largefov')
+    else:
+      converted, origin, dropped = from_torchvision(state)
   if drop_first_class:
     for key in ('params/classifier/kernel', 'params/classifier/bias'):
       if key not in converted:

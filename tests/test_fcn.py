@@ -121,3 +121,83 @@ def test_bad_settings_are_named():
     registry.build_model(config.model, 21)
   with pytest.raises(ValueError, match='do not combine'):
     _config('fcn32s,atonce')
+
+
+def _torchvision_vgg16(path, width=0.125, seed=0):
+  """A torchvision `vgg16` state dict (its names, its [out, in, kh, kw] and [out, in] layouts)
+  at `width` x the channels, random, saved as .safetensors; returns it as numpy."""
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  state, cin = {}, 3
+  index = iter((0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28))
+  for channels, convs in ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3)):
+    for _ in range(convs):
+      i, c = next(index), max(8, round(channels * width))
+      state[f'features.{i}.weight'] = rng.normal(0, np.sqrt(2 / (9 * cin)), (c, cin, 3, 3))
+      state[f'features.{i}.bias'] = rng.normal(0, 0.1, (c,))
+      cin = c
+  fc = max(8, round(4096 * width))
+  for name, shape in (('classifier.0', (fc, cin * 49)), ('classifier.3', (fc, fc)),
+                      ('classifier.6', (1000, fc))):
+    state[f'{name}.weight'] = rng.normal(0, np.sqrt(2 / shape[1]), shape)
+    state[f'{name}.bias'] = rng.normal(0, 0.1, shape[:1])
+  state = {k: v.astype(np.float32) for k, v in state.items()}
+  save_file(state, str(path))
+  return state
+
+
+def test_torchvision_vgg16_convolutionalised_gives_the_fully_connected_outputs(tmp_path):
+  """FCN's trunk from torchvision's vgg16 (an eighth as wide): on a 224 x 224 image, without
+  the pad-100 mode, fc7 at the centre of its 7 x 7 map (where fc6's 7 x 7 window lies wholly on
+  pool5) equals the Linear layers on torch's flattened pool5, computed in numpy."""
+  from deeplab_jax import convert  # pylint: disable=g-import-not-at-top
+  from deeplab_jax import pretrained  # pylint: disable=g-import-not-at-top
+  state = _torchvision_vgg16(tmp_path / 'vgg16.safetensors')
+  config = _config('same,smoke')
+  info = convert.convert('torchvision', str(tmp_path / 'vgg16.safetensors'), config,
+                         str(tmp_path / 'out'), num_classes=21)
+  assert sorted(info['dropped']) == ['classifier.6.bias', 'classifier.6.weight']
+  assert sorted(k.split('/')[1] for k in info['fresh']) == ['score_fr'] * 2 + [
+      'score_pool3'] * 2 + ['score_pool4'] * 2
+  variables = pretrained.load_variables(str(tmp_path / 'out'))
+  model = registry.build_model(config.model, 21)
+  image = np.random.default_rng(1).normal(size=(224, 224, 3)).astype(np.float32)
+  full = model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)))['params']
+  params = {**full, **variables['params']}
+  _, state_out = model.apply({'params': params}, jnp.asarray(image[None]), mutable=True)
+  fc7 = np.asarray(state_out['intermediates']['fc7_out'][0])[0]
+  assert fc7.shape[:2] == (7, 7)
+
+  x = image.astype(np.float64)
+  for i in (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28):
+    w = state[f'features.{i}.weight'].transpose(2, 3, 1, 0)
+    x = np.maximum(numpy_nets.conv(x, w, state[f'features.{i}.bias'], pad=1), 0)
+    if i in (2, 7, 14, 21, 28):
+      x = numpy_nets.max_pool2(x)
+  flat = x.transpose(2, 0, 1).reshape(-1)  # torch flattens pool5 as channel, row, column
+  h = np.maximum(state['classifier.0.weight'] @ flat + state['classifier.0.bias'], 0)
+  want = np.maximum(state['classifier.3.weight'] @ h + state['classifier.3.bias'], 0)
+  np.testing.assert_allclose(fc7[3, 3], want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_torchvision_vgg16_decimated_into_largefov(tmp_path):
+  """DeepLab-LargeFOV's fc6 (3 x 3, a quarter of the channels) and fc7 from the Linear layers:
+  kernel[i, j, c, o] = fc6.weight[4 o, 49 c + 7 (3 i) + 3 j], fc7 kernel[0, 0, c, o] =
+  fc7.weight[4 o, 4 c], biases every 4th; the convs as they are."""
+  from deeplab_jax import convert  # pylint: disable=g-import-not-at-top
+  from deeplab_jax import pretrained  # pylint: disable=g-import-not-at-top
+  state = _torchvision_vgg16(tmp_path / 'vgg16.safetensors')
+  config = importlib.import_module('configs.v1_voc').get_config('smoke')
+  convert.convert('torchvision', str(tmp_path / 'vgg16.safetensors'), config,
+                  str(tmp_path / 'out'), num_classes=21)
+  backbone = pretrained.load_variables(str(tmp_path / 'out'))['params']['backbone']
+  fc6, w6 = backbone['fc6']['kernel'], state['classifier.0.weight']
+  assert fc6.shape == (3, 3, 64, 128)
+  i, j, c, o = np.meshgrid(*(np.arange(n) for n in fc6.shape), indexing='ij')
+  np.testing.assert_array_equal(fc6, w6[4 * o, 49 * c + 7 * (3 * i) + 3 * j])
+  np.testing.assert_array_equal(backbone['fc6']['bias'], state['classifier.0.bias'][::4])
+  c, o = np.meshgrid(np.arange(128), np.arange(128), indexing='ij')
+  np.testing.assert_array_equal(backbone['fc7']['kernel'][0, 0], state['classifier.3.weight'][
+      4 * o, 4 * c])
+  np.testing.assert_array_equal(backbone['conv3_2']['kernel'],
+                                state['features.12.weight'].transpose(2, 3, 1, 0))

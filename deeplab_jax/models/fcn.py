@@ -20,8 +20,8 @@ score_pool3 at 9; the logits at 31 for 8s, 27 for 16s, 19 for 32s): a 500 x 500 
 500 x 500 logits through pools of 349, 175, 88, 44 and 22. `padding='same'`: every conv keeps its
 size, so the maps halve exactly on inputs that divide by 32 (others are padded at the bottom and
 right with zeros and the logits cropped back), and each transposed conv is cropped by
-(kernel - stride) / 2 to an exact multiple. Pool outputs are sown as `intermediates` (`pool1`..
-`pool5`) for inspection.
+(kernel - stride) / 2 to an exact multiple. Pool outputs and fc7's are sown as `intermediates`
+(`pool1`..`pool5`, `fc7_out`) for inspection.
 """
 
 import functools
@@ -122,6 +122,7 @@ class FCN(nn.Module):
     x = dropout(nn.relu(conv(w(4096), (7, 7), padding='VALID' if reference else 'SAME',
                              name='fc6')(x)))
     x = dropout(nn.relu(conv(w(4096), (1, 1), name='fc7')(x)))
+    self.sow('intermediates', 'fc7_out', x)
     score = functools.partial(conv, self.num_classes, (1, 1), kernel_init=nn.initializers.zeros)
     x = score(name='score_fr')(x)
     offsets = OFFSETS[self.variant]
