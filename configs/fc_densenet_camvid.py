@@ -39,6 +39,7 @@ def get_config(arg=None):
   config.eval.image_size = (360, 480)
   config.eval.split = 'val'
   config.eval.batch_size = 4
+  config.eval.input_scale = config.data.get_ref('image_scale')  # scored at full size
 
   config.model.name = 'fc_densenet'
   config.model.output_stride = 32      # five poolings
@@ -75,8 +76,8 @@ def get_config(arg=None):
   if 'smoke' in words:
     config.model.fc_densenet.block_layers = (1,) * 11
     config.model.width_multiplier = 0.125
+    config.data.image_scale = 0.25       # 90 x 120
     config.data.crop_size = (64, 64)
-    config.eval.image_size = (64, 64)
     config.eval.batch_size = 2
     config.train.batch_size = 2
     config.train.num_steps = 2
