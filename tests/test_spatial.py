@@ -2,6 +2,7 @@
 padded (ignored rows), and a fixed data.pad_height_multiple makes a (data, spatial) mesh give
 the one-device numbers. Tolerances are float32's: the meshes sum in other orders."""
 
+import importlib
 import json
 import os
 import types
@@ -85,9 +86,10 @@ def test_a_spatial_axis_across_hosts_is_refused():
   sharding.check_spatial(fake)
 
 
-def train_step(mesh_config, pad_height_multiple):
+def train_step(mesh_config, pad_height_multiple, config=None):
   """(loss, batch_stats) of one step on a batch of 49 x 49 crops, padded as train.py pads."""
-  config = spatial_config(pad_height_multiple)
+  if config is None:
+    config = spatial_config(pad_height_multiple)
   mesh = mesh_of(mesh_config)
   model = registry.build_model(config.model, num_classes=5)
   schedule = optim.learning_rate_schedule(config.optim, config.train.num_steps)
@@ -117,6 +119,26 @@ def test_train_step_with_a_49_crop_on_2x4_matches_one_device():
   _, unpadded_stats, _ = train_step(None, 1)
   gaps = jax.tree.leaves(jax.tree.map(lambda a, b: np.max(np.abs(a - b)), stats, unpadded_stats))
   assert max(gaps) > 1e-3
+
+
+@pytest.mark.parametrize('name', ['fc_densenet_camvid', 'unet_camvid'])
+def test_whole_models_on_2x4_match_one_device(name):
+  """FC-DenseNet and U-Net (valid convs, mirrored past the padded crop) pad inside to their
+  stride; on a (data, spatial) mesh a step gives the one-device loss and statistics."""
+  config = importlib.import_module(f'configs.{name}').get_config('smoke')
+  config.data.pad_height_multiple = 4
+  if name == 'fc_densenet_camvid':
+    config.model.fc_densenet.dropout_rate = 0.0
+  else:
+    config.model.unet.dropout_rate = 0.0
+    config.model.unet.batch_norm = True  # statistics to compare
+  loss, stats, count = train_step((('data', 2), ('spatial', 4)), 4, config)
+  ref_loss, ref_stats, ref_count = train_step(None, 4, config)
+  assert count == ref_count == 8 * 49 * 49
+  assert loss == pytest.approx(ref_loss, rel=1e-5)
+  assert jax.tree.leaves(stats)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+               stats, ref_stats)
 
 
 def eval_once(mesh_config, state, batch):
