@@ -42,12 +42,18 @@ from deeplab_jax import inference
 from deeplab_jax import predict
 from deeplab_jax import steps
 from deeplab_jax.errors import UserError
+from deeplab_jax.models import registry
 
 FORMATS = ('savedmodel', 'stablehlo')
 STABLEHLO_FILE = 'model.jax_exported'
 
 
 def check_exportable(config) -> None:
+  if config.model.name in registry.WHOLE_MODELS:
+    # Their padding to the stride, cropped transposed convs and mirroring are sized by Python
+    # arithmetic on the input's shape, which jax.export cannot decide for a symbolic size.
+    raise UserError(f'export: model.name={config.model.name!r} cannot be exported with a '
+                    'symbolic image size yet; predict (deeplab_jax.predict) serves it.')
   e = config.eval
   if e.mode != 'whole' or tuple(e.scales) != (1.0,) or e.input_scale != 1.0:
     raise UserError(f'export serves whole images at their own size: eval.mode={e.mode!r}, '

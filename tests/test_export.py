@@ -1,5 +1,6 @@
 """Export: the SavedModel and the StableHLO artifact label images as the JAX model does."""
 
+import importlib
 import os
 
 import jax
@@ -93,3 +94,11 @@ def test_init_from_reads_a_workdirs_latest_checkpoint(workdir):
                  jax.device_get(want[collection]))
   with pytest.raises(UserError, match='neither a directory written by'):
     pretrained.load_variables(os.path.dirname(path))
+
+
+@pytest.mark.parametrize('name', ['fcn_voc', 'unet_camvid', 'fc_densenet_camvid'])
+def test_whole_models_are_refused_by_name(name):
+  config = importlib.import_module(f'configs.{name}').get_config('smoke')
+  with pytest.raises(UserError, match=f"export: model.name='{config.model.name}' cannot be "
+                     'exported with a symbolic image size'):
+    export.check_exportable(config)
