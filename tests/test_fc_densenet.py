@@ -122,6 +122,13 @@ def test_bad_settings_are_named(change, message):
     registry.build_model(config.model, 11)
 
 
+def test_a_dtype_typo_is_named():
+  config = _config()
+  config.model.dtype = 'float16'
+  with pytest.raises(UserError, match=r"model.dtype='float16' is not one of \('float32', "):
+    registry.build_model(config.model, 11)
+
+
 def test_output_stride_is_fixed():
   config = _config()
   config.model.output_stride = 16

@@ -61,6 +61,7 @@ def build_model(model_config: ml_collections.ConfigDict, num_classes: int) -> nn
   c = model_config
   _choice(c.name, {**MODELS, **WHOLE_MODELS}, 'model.name')
   if c.name in WHOLE_MODELS:
+    _choice(c.dtype, deeplab.DTYPES, 'model.dtype')
     return WHOLE_MODELS[c.name].from_config(c, num_classes)
   _choice(c.backbone.name, BACKBONES, 'model.backbone.name')
   strides.check_output_stride(c.output_stride, 'model.output_stride')
