@@ -74,14 +74,9 @@ def get_config(arg=None):
     config.data.train_split = 'train_no_0006R0'
     config.eval.split = 'dev_0006R0'
   if 'smoke' in words:
+    common.make_smoke(config)
     config.model.fc_densenet.block_layers = (1,) * 11
-    config.model.width_multiplier = 0.125
-    config.data.image_scale = 0.25       # 90 x 120
+    config.data.image_scale = 0.25       # 90 x 120, scored at CamVid's full size
     config.data.crop_size = (64, 64)
-    config.eval.batch_size = 2
-    config.train.batch_size = 2
-    config.train.num_steps = 2
-    config.train.log_every_steps = 1
-    config.train.checkpoint_every_steps = 2
-    config.train.eval_every_steps = 2
+    config.eval.image_size = (360, 480)
   return config

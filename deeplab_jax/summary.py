@@ -291,13 +291,8 @@ def table_row(spec: str, root: str = ROOT) -> Dict[str, str]:
   config = load_config(spec, root)
   r = summarize(config, with_receptive_field=False)
   m = config.model
-  if r['backbone'] is None:  # a whole model (U-Net, FC-DenseNet) describes itself
-    backbone, context = registry.WHOLE_MODELS[m.name].describe(m)
-    return {'config': f'`{spec}`', 'backbone': backbone, 'context': context,
-            'OS': str(r['output_stride']),
-            'crop': f"{r['crop'][0]} x {r['crop'][1]}",
-            'params': f"{_one_decimal(r['params'] / 1e6)} M",
-            'multiply-adds': f"{_one_decimal(r['macs'] / 1e9)} B"}
+  if r['backbone'] is None:  # a whole model (FCN, U-Net, FC-DenseNet) describes itself
+    return _row(spec, r, *registry.WHOLE_MODELS[m.name].describe(m))
   heads = [f'cascade (blocks 5-{4 + m.backbone.extra_blocks})'] if m.backbone.extra_blocks else []
   if r['context'] != 'none' or not heads:
     heads.append(r['context'])
@@ -315,7 +310,11 @@ def table_row(spec: str, root: str = ROOT) -> Dict[str, str]:
     width *= m.backbone.depth_multiplier
   if width != 1:
     backbone += f' x{width:g}'
-  return {'config': f'`{spec}`', 'backbone': backbone, 'context': ' + '.join(heads),
+  return _row(spec, r, backbone, ' + '.join(heads))
+
+
+def _row(spec: str, r: Dict[str, Any], backbone: str, context: str) -> Dict[str, str]:
+  return {'config': f'`{spec}`', 'backbone': backbone, 'context': context,
           'OS': str(r['output_stride']), 'crop': f"{r['crop'][0]} x {r['crop'][1]}",
           'params': f"{_one_decimal(r['params'] / 1e6)} M",
           'multiply-adds': f"{_one_decimal(r['macs'] / 1e9)} B"}

@@ -30,6 +30,7 @@ import ml_collections
 
 from deeplab_jax.errors import UserError
 from deeplab_jax.models import cpu_kernels
+from deeplab_jax.models import deeplab
 from deeplab_jax.models import layers
 
 # The official code's HeUniform(gain='relu'): uniform with variance 2 / fan_in.
@@ -102,8 +103,7 @@ class FCDenseNet(nn.Module):
     n_pool = len(self.block_layers) // 2
     stride = 2 ** n_pool
     height, width = images.shape[1:3]
-    x = jnp.pad(images.astype(self.dtype),
-                ((0, 0), (0, -height % stride), (0, -width % stride), (0, 0)))
+    x = layers.pad_to_multiple(images.astype(self.dtype), stride)
     norm = layers.make_norm(train and self.fine_tune_batch_norm, self.bn_momentum,
                             self.bn_epsilon, self.dtype)
 
@@ -160,8 +160,7 @@ def from_config(model_config: ml_collections.ConfigDict, num_classes: int) -> FC
                     growth=width(f.growth or growth), first_features=width(f.first_features),
                     dropout_rate=f.dropout_rate, bn_momentum=c.bn_momentum,
                     bn_epsilon=c.bn_epsilon, fine_tune_batch_norm=c.fine_tune_batch_norm,
-                    cpu_kernels=c.cpu_kernels,
-                    dtype=jnp.bfloat16 if c.dtype == 'bfloat16' else jnp.float32)
+                    cpu_kernels=c.cpu_kernels, dtype=deeplab.DTYPES[c.dtype])
 
 
 def describe(model_config):

@@ -35,6 +35,7 @@ import numpy as np
 
 from deeplab_jax.errors import UserError
 from deeplab_jax.models import cpu_kernels
+from deeplab_jax.models import deeplab
 from deeplab_jax.models import layers
 from deeplab_jax.models import vgg
 
@@ -104,7 +105,7 @@ class FCN(nn.Module):
     height, width = images.shape[1:3]
     x = images.astype(self.dtype)
     if not reference:
-      x = jnp.pad(x, ((0, 0), (0, -height % 32), (0, -width % 32), (0, 0)))
+      x = layers.pad_to_multiple(x, 32)
     w = functools.partial(layers.scaled, width_multiplier=self.width_multiplier)
     conv = functools.partial(layers.Conv, dtype=self.dtype)
     pools = {}
@@ -170,7 +171,7 @@ def from_config(model_config: ml_collections.ConfigDict, num_classes: int) -> FC
   return FCN(num_classes=num_classes, variant=f.variant, padding=f.padding,
              learn_upsampling=f.learn_upsampling, at_once=f.at_once, dropout_rate=f.dropout_rate,
              width_multiplier=c.width_multiplier, cpu_kernels=c.cpu_kernels,
-             dtype=jnp.bfloat16 if c.dtype == 'bfloat16' else jnp.float32)
+             dtype=deeplab.DTYPES[c.dtype])
 
 
 def describe(model_config):

@@ -174,3 +174,10 @@ def resize_bilinear(x: jax.Array, size: Sequence[int], align_corners: bool = Fal
   shape = tuple(size[a - 1] if a in dims else n for a, n in enumerate(x.shape))
   return jax.image.scale_and_translate(x, shape, dims, scale, 0.5 * (1.0 - scale),
                                        method='linear', antialias=False)
+
+
+def pad_to_multiple(x: jax.Array, multiple: int) -> jax.Array:
+  """NHWC `x` padded with zeros at the bottom and right to sides that `multiple` divides (the
+  networks without atrous convs crop their logits back)."""
+  h, w = x.shape[1:3]
+  return jnp.pad(x, ((0, 0), (0, -h % multiple), (0, -w % multiple), (0, 0)))

@@ -28,6 +28,7 @@ import ml_collections
 
 from deeplab_jax.errors import UserError
 from deeplab_jax.models import cpu_kernels
+from deeplab_jax.models import deeplab
 from deeplab_jax.models import layers
 
 PADDINGS = ('valid', 'same')
@@ -87,7 +88,7 @@ class UNet(nn.Module):
       pads = tuple((VALID_MARGIN, valid_input_size(s) - s - VALID_MARGIN) for s in (height, width))
       x = mirror_pad(x, pads)
     elif not valid:
-      x = jnp.pad(x, ((0, 0), (0, -height % 16), (0, -width % 16), (0, 0)))
+      x = layers.pad_to_multiple(x, 2 ** LEVELS)
     pad = 'VALID' if valid else 'SAME'
     norm = layers.make_norm(train and self.fine_tune_batch_norm, self.bn_momentum,
                             self.bn_epsilon, self.dtype)
@@ -144,7 +145,7 @@ def from_config(model_config: ml_collections.ConfigDict, num_classes: int) -> UN
               padding=u.padding, batch_norm=u.batch_norm, dropout_rate=u.dropout_rate,
               bn_momentum=c.bn_momentum, bn_epsilon=c.bn_epsilon,
               fine_tune_batch_norm=c.fine_tune_batch_norm, cpu_kernels=c.cpu_kernels,
-              dtype=jnp.bfloat16 if c.dtype == 'bfloat16' else jnp.float32)
+              dtype=deeplab.DTYPES[c.dtype])
 
 
 def describe(model_config):
