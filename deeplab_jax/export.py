@@ -42,6 +42,7 @@ from deeplab_jax import inference
 from deeplab_jax import predict
 from deeplab_jax import steps
 from deeplab_jax.errors import UserError
+from deeplab_jax.models import layers
 from deeplab_jax.models import registry
 
 FORMATS = ('savedmodel', 'stablehlo')
@@ -49,11 +50,12 @@ STABLEHLO_FILE = 'model.jax_exported'
 
 
 def check_exportable(config) -> None:
-  if config.model.name in registry.WHOLE_MODELS:
-    # Their padding to the stride, cropped transposed convs and mirroring are sized by Python
-    # arithmetic on the input's shape, which jax.export cannot decide for a symbolic size.
-    raise UserError(f'export: model.name={config.model.name!r} cannot be exported with a '
-                    'symbolic image size yet; predict (deeplab_jax.predict) serves it.')
+  if config.model.name == 'unet' and config.model.unet.padding == 'valid':
+    # Overlap-tile mirrors a number of rows that depends on the image's size (and mirrors again
+    # where the image is smaller than the margin): Python arithmetic on concrete sizes.
+    raise UserError("export: model.name='unet' with model.unet.padding='valid' cannot be "
+                    'exported with a symbolic image size (its overlap-tile mirroring is sized '
+                    "by the image); predict (deeplab_jax.predict) serves it, and 'same' exports.")
   e = config.eval
   if e.mode != 'whole' or tuple(e.scales) != (1.0,) or e.input_scale != 1.0:
     raise UserError(f'export serves whole images at their own size: eval.mode={e.mode!r}, '
@@ -76,7 +78,7 @@ def make_serving_fn(config, num_classes: int, probabilities: bool):
     h, w = images.shape[1], images.shape[2]
     x = (images.astype(jnp.float32) - mean) / std
     # Zeros (the mean colour after normalising) up to a multiple of the output stride.
-    x = jnp.pad(x, ((0, 0), (0, (-h) % multiple), (0, (-w) % multiple), (0, 0)))
+    x = layers.pad_to_multiple(x, multiple)
     scores = inference.predict_scores(model, variables, x, config)[:, :h, :w]
     labels = jnp.argmax(scores, axis=-1).astype(jnp.int32)
     if not probabilities:

@@ -84,9 +84,11 @@ class _Setup:
     self.eval_step = evaluate_lib.make_eval_fn(self.eval_model, self.dataset.num_classes,
                                                config, self.mesh)
     params = sum(x.size for x in jax.tree.leaves(self.abstract_state.params))
-    logging.info('Model %s/%s OS%d: %d parameters; mesh %s.', config.model.name,
-                 config.model.backbone.name, config.model.output_stride, params,
-                 dict(self.mesh.shape))
+    # Whole models (FCN, U-Net, FC-DenseNet) have no separate backbone to name.
+    name = (config.model.name if config.model.name in registry.WHOLE_MODELS
+            else f'{config.model.name}/{config.model.backbone.name}')
+    logging.info('Model %s OS%d: %d parameters; mesh %s.', name, config.model.output_stride,
+                 params, dict(self.mesh.shape))
     if config.optim.ema_decay:
       logging.info('Average of the weights with decay %s: evaluation scores it, not the raw '
                    'weights.', config.optim.ema_decay)

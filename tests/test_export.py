@@ -18,12 +18,10 @@ from deeplab_jax.errors import UserError
 from deeplab_jax.models import registry
 
 
-@pytest.fixture(scope='module')
-def workdir(tmp_path_factory):
-  """A workdir whose checkpoint holds a freshly initialised tiny model (no training needed),
-  with BatchNorm statistics made non-trivial so that the labels vary across the image."""
-  config = quickstart.get_config('smoke')
-  path = str(tmp_path_factory.mktemp('export_workdir'))
+def save_initial_checkpoint(config, path, randomize_zeros=False):
+  """Writes a checkpoint of a freshly initialised model (no training needed), with BatchNorm
+  statistics made non-trivial (and with `randomize_zeros` zero-initialised weights, such as FCN's
+  score layers, random), so that the labels vary across the image."""
   num_classes = len(predict.class_info(config.data)[0])
   model = registry.build_model(config.model, num_classes)
   tx = optim.make_optimizer(config.optim, config.train.num_steps)
@@ -31,14 +29,24 @@ def workdir(tmp_path_factory):
   variables = model.init({'params': jax.random.key(1), 'dropout': jax.random.key(1)},
                          jnp.zeros((1, h, w, 3)), train=False)
   rng = np.random.default_rng(0)
+  params = jax.tree.map(
+      lambda x: rng.normal(0.0, 0.1, x.shape).astype(x.dtype) if randomize_zeros and not np.any(x) else x,
+      variables['params'])
   state = steps.TrainState.create(
-      apply_fn=model.apply, params=variables['params'], tx=tx,
+      apply_fn=model.apply, params=params, tx=tx,
       batch_stats=jax.tree.map(lambda x: x + rng.uniform(0.0, 0.5, x.shape).astype(x.dtype),
-                               variables['batch_stats']))
+                               variables.get('batch_stats', {})))
   state = state.replace(step=jnp.zeros((), jnp.int32))
   manager = checkpointing.make_manager(path, keep=1)
   checkpointing.save(manager, 7, state)
   manager.wait_until_finished()
+
+
+@pytest.fixture(scope='module')
+def workdir(tmp_path_factory):
+  config = quickstart.get_config('smoke')
+  path = str(tmp_path_factory.mktemp('export_workdir'))
+  save_initial_checkpoint(config, path)
   return config, path
 
 
@@ -96,9 +104,29 @@ def test_init_from_reads_a_workdirs_latest_checkpoint(workdir):
     pretrained.load_variables(os.path.dirname(path))
 
 
-@pytest.mark.parametrize('name', ['fcn_voc', 'unet_camvid', 'fc_densenet_camvid'])
-def test_whole_models_are_refused_by_name(name):
-  config = importlib.import_module(f'configs.{name}').get_config('smoke')
-  with pytest.raises(UserError, match=f"export: model.name='{config.model.name}' cannot be "
-                     'exported with a symbolic image size'):
-    export.check_exportable(config)
+@pytest.mark.parametrize('name,variant', [('fcn_voc', 'smoke'), ('unet_camvid', 'smoke,same'),
+                                          ('fc_densenet_camvid', 'smoke')])
+def test_whole_models_export_with_symbolic_sizes(name, variant, tmp_path):
+  """FCN's reference padding and crops, U-Net's and FC-DenseNet's padding to their stride and
+  FC-DenseNet's cropped transposed convs, all traced for any size: the artifact labels sizes
+  that divide by no stride as predict does."""
+  config = importlib.import_module(f'configs.{name}').get_config(variant)
+  config.eval.input_scale = 1.0
+  path = str(tmp_path / 'workdir')
+  save_initial_checkpoint(config, path, randomize_zeros=True)
+  predictor = predict.Predictor(config, path)
+  artifact = export.export_model(config, path, 'stablehlo', str(tmp_path / 'shlo'))
+  with open(artifact, 'rb') as f:
+    exported = jax.export.deserialize(f.read())
+  for h, w in ((37, 50), (70, 41)):
+    want = np.stack([predictor(im) for im in images(h, w, h)])
+    assert len(np.unique(want)) > 1
+    (got,) = exported.call(images(h, w, h))
+    np.testing.assert_array_equal(np.asarray(got), want)
+
+
+def test_valid_unet_is_refused_by_name():
+  from configs import unet_camvid  # pylint: disable=g-import-not-at-top
+  with pytest.raises(UserError, match="model.name='unet' with model.unet.padding='valid' cannot "
+                     'be exported with a symbolic image size'):
+    export.check_exportable(unet_camvid.get_config('smoke'))

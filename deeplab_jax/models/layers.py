@@ -180,4 +180,14 @@ def pad_to_multiple(x: jax.Array, multiple: int) -> jax.Array:
   """NHWC `x` padded with zeros at the bottom and right to sides that `multiple` divides (the
   networks without atrous convs crop their logits back)."""
   h, w = x.shape[1:3]
-  return jnp.pad(x, ((0, 0), (0, -h % multiple), (0, -w % multiple), (0, 0)))
+  return jnp.pad(x, ((0, 0), (0, padding_to_multiple(h, multiple)),
+                     (0, padding_to_multiple(w, multiple)), (0, 0)))
+
+
+def padding_to_multiple(size, multiple: int):
+  """Rows (or columns) that bring `size` up to a multiple of `multiple`.
+
+  Written as ceil(size / multiple) * multiple - size rather than -size % multiple: equal for
+  integers, but for a symbolic size (jax.export) the padded size then reads as a multiple that
+  later poolings halve and crops compare exactly."""
+  return -(-size // multiple) * multiple - size
