@@ -74,9 +74,11 @@ TABLE_ROWS = (
     'configs/fcn_voc.py:fcn32s',
     'configs/unet_camvid.py',
     'configs/unet_camvid.py:same',
+    'configs/unet_camvid.py:cpu',
     'configs/fc_densenet_camvid.py',
     'configs/fc_densenet_camvid.py:67',
     'configs/fc_densenet_camvid.py:56',
+    'configs/fc_densenet_camvid.py:cpu',
     'configs/quickstart.py',
 )
 TABLE_COLUMNS = ('config', 'backbone', 'context', 'OS', 'crop', 'params', 'multiply-adds')
