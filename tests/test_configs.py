@@ -34,8 +34,8 @@ VARIANTS = {
     'v3plus_cityscapes': [None, 'resnet101', 'tf_zoo', 'smoke'],
     'v3plus_ade20k': [None, 'tf_zoo', 'smoke'],
     'v3plus_mobilenet_voc': [None, 'dm05', 'smoke'],
-    'fc_densenet_camvid': [None, '56', '67', 'finetune', 'dev', 'smoke'],
-    'unet_camvid': [None, 'same', 'dev', 'same,smoke', 'smoke'],
+    'fc_densenet_camvid': [None, '56', '67', 'finetune', 'dev', 'smoke', 'cpu,dev'],
+    'unet_camvid': [None, 'same', 'dev', 'same,smoke', 'smoke', 'cpu,dev'],
     'fcn_voc': [None, 'fcn16s', 'fcn32s', 'atonce', 'learned', 'same', 'smoke'],
 }
 # The family members and the variant a test trains for two steps on CPU.
@@ -100,6 +100,15 @@ def test_unknown_variant_is_named():
     _load('v3plus_camvid', 'gpu')
   with pytest.raises(ValueError, match="unknown variant 'resnet152'"):
     _load('v3plus_voc', 'resnet152,smoke')
+
+
+@pytest.mark.parametrize('name, arg, message', [
+    ('fc_densenet_camvid', '67,cpu', '"67" and "cpu" do not combine'),
+    ('fc_densenet_camvid', 'cpu,smoke', '"cpu" and "smoke" do not combine'),
+    ('unet_camvid', 'cpu,smoke', '"cpu" and "smoke" do not combine')])
+def test_variants_that_contradict_are_named(name, arg, message):
+  with pytest.raises(ValueError, match=message):
+    _load(name, arg)
 
 
 def test_cityscapes_stops_with_what_is_missing(tmp_path):
