@@ -45,6 +45,7 @@ from deeplab_jax import sharding
 from deeplab_jax import steps
 from deeplab_jax import xla_flags
 from deeplab_jax.models import registry
+from deeplab_jax.models import unet
 
 FLAGS = flags.FLAGS
 
@@ -93,9 +94,11 @@ def setup(config, num_classes: int = 0) -> dict:
   init, _, state_shardings = steps.create_train_state(model, tx, config, mesh, rng)
   state = init(rng)
   h, w = config.data.crop_size
+  margin = unet.train_margin(config.model)  # the valid U-Net's crops carry context
   gen = np.random.default_rng(0)
   batch = sharding.to_global(mesh, {
-      'image': gen.normal(size=(batch_size, h, w, 3)).astype(np.float32),
+      'image': gen.normal(size=(batch_size, h + 2 * margin, w + 2 * margin, 3)).astype(
+          np.float32),
       'label': gen.integers(0, num_classes, (batch_size, h, w)).astype(np.int32)})
   step_fn = jax.jit(steps.make_train_step(model, tx, schedule, 255,
                                          config.train.top_k_percent_pixels,

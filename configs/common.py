@@ -114,6 +114,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.model.unet = ml_collections.ConfigDict()
   config.model.unet.features = 64
   config.model.unet.padding = 'valid'
+  # valid only: training crops come with 92 px of real image context on each side (the paper's
+  # tiles), which needs crops of 16 t + 4 px; False mirrors each crop at its own border.
+  config.model.unet.train_context = True
   config.model.unet.batch_norm = False
   config.model.unet.dropout_rate = 0.5
   # FC-DenseNet (model.name='fc_densenet', which has no backbone): depth 56 | 67 | 103 picks the

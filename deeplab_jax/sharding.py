@@ -94,9 +94,10 @@ def padded_height(height: int, mesh: Mesh, multiple: int = 1) -> int:
 
 def pad_height(batch: Dict[str, np.ndarray], height: int,
                ignore_label: int) -> Dict[str, np.ndarray]:
-  """A host batch with 'image' (zeros: the mean colour after normalising) and 'label' (the
-  ignore label) padded at the bottom to `height` rows; other fields as they are."""
-  have = batch['image'].shape[1]
+  """A host batch with 'label' (the ignore label) padded at the bottom to `height` rows and
+  'image' (zeros: the mean colour after normalising) by as many; other fields as they are.
+  (An image taller than its label, a crop with context, stays that much taller.)"""
+  have = batch['label'].shape[1]
   if have == height:
     return batch
   if have > height:

@@ -22,6 +22,7 @@ from deeplab_jax import steps
 from deeplab_jax.data import input_pipeline
 from deeplab_jax.errors import UserError
 from deeplab_jax.models import registry
+from deeplab_jax.models import unet
 
 
 class NonFiniteLossError(RuntimeError):
@@ -58,6 +59,13 @@ class _Setup:
     # Crops whose height the mesh's `spatial` axis does not divide are padded (ignored rows).
     self.train_height = sharding.padded_height(config.data.crop_size[0], self.mesh,
                                                config.data.pad_height_multiple)
+    unet.check_train_crop(config.model, self.train_height, config.data.crop_size[1])
+    spatial, image_height = self.mesh.shape.get('spatial', 1), (
+        self.train_height + 2 * unet.train_margin(config.model))
+    if image_height % spatial:
+      raise UserError(f'mesh spatial={spatial} does not divide the {image_height} rows of a '
+                      'training crop with its U-Net context; use a spatial size that divides '
+                      f'{image_height}.')
     self.dataset = data.get_dataset(config.data)
     self.model = registry.build_model(config.model, self.dataset.num_classes)
     self.schedule = optim.learning_rate_schedule(config.optim, config.train.num_steps)

@@ -190,3 +190,53 @@ def test_pad_to_fills_each_channel():
   np.testing.assert_array_equal(image[2:], np.broadcast_to([10.0, 20.0, 30.0], (2, 3, 3)))
   np.testing.assert_array_equal(image[:2], 1.0)
   assert np.all(np.asarray(out['label'])[2:] == IGNORE)
+
+
+@pytest.mark.parametrize('shape,crop,margin', [((30, 44), (12, 20), 9),    # real context inside
+                                               ((5, 7), (8, 8), 11),       # short, wide mirror
+                                               ((1, 6), (4, 4), 3)])       # a single row
+def test_context_crop_reads_the_image_around_the_label(shape, crop, margin):
+  """The label is a crop of the label padded with the ignore label (as random_crop after
+  pad_to); the image is the same window `margin` px wider on each side, cut from numpy's
+  'reflect' mirror of the image, then filled with the fill value where pad_to would pad."""
+  h, w = shape
+  rows, cols = np.mgrid[0:h, 0:w]
+  image = np.stack([rows, cols, np.full_like(rows, 7)], -1).astype(np.float32)
+  label = (rows * 100 + cols)[..., None].astype(np.int32)
+  op = preprocess.build(f'context_crop({crop[0]}, {crop[1]}, {margin}, 250.0)',
+                        ignore_label=IGNORE)
+  full_h, full_w = max(h, crop[0]), max(w, crop[1])
+  mirrored = np.pad(image, ((margin, margin), (margin, margin), (0, 0)), mode='reflect')
+  mirrored = np.pad(mirrored, ((0, full_h - h), (0, full_w - w), (0, 0)), constant_values=250)
+  labels = np.pad(label[..., 0], ((0, full_h - h), (0, full_w - w)), constant_values=IGNORE)
+  tops = set()
+  for seed in range(6):
+    out = op({'image': tf.constant(image), 'label': tf.constant(label)},
+             tf.constant([seed, 3], tf.int64))
+    got_image, got_label = np.asarray(out['image']), np.asarray(out['label'])[..., 0]
+    assert got_image.shape == (crop[0] + 2 * margin, crop[1] + 2 * margin, 3)
+    assert got_label.shape == crop
+    # The window's place, from the image's mirror coordinates (unique in its centre).
+    matches = [(t, l) for t in range(full_h - crop[0] + 1) for l in range(full_w - crop[1] + 1)
+               if np.array_equal(labels[t:t + crop[0], l:l + crop[1]], got_label)]
+    assert matches, 'the label is no window of the padded label'
+    top, left = matches[0]
+    tops.add((top, left))
+    np.testing.assert_array_equal(
+        got_image, mirrored[top:top + crop[0] + 2 * margin, left:left + crop[1] + 2 * margin])
+  if shape == (30, 44):
+    assert len(tops) > 1  # the window moves with the seed
+
+
+def test_train_spec_gives_the_valid_unet_context():
+  """configs/unet_camvid.py's crops carry 92 px of context (context_crop); `same` does not."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  from deeplab_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  from deeplab_jax.models import unet  # pylint: disable=g-import-not-at-top
+  get = importlib.import_module('configs.unet_camvid').get_config
+  valid, same = get(), get('same')
+  assert unet.train_margin(valid.model) == 92 and unet.train_margin(same.model) == 0
+  spec = input_pipeline.train_spec(valid.data, unet.train_margin(valid.model))
+  assert 'context_crop(356, 468, 92' in spec and 'random_crop' not in spec
+  assert spec.index('context_crop') < spec.index('flip_lr')
+  assert 'random_crop(356, 468)' in input_pipeline.train_spec(same.data, 0)

@@ -20,6 +20,7 @@ from deeplab_jax import train
 from deeplab_jax.data import synthetic
 from deeplab_jax.errors import UserError
 from deeplab_jax.models import registry
+from deeplab_jax.models import unet
 
 IGNORE = 255
 
@@ -86,8 +87,9 @@ def test_a_spatial_axis_across_hosts_is_refused():
   sharding.check_spatial(fake)
 
 
-def train_step(mesh_config, pad_height_multiple, config=None):
-  """(loss, batch_stats) of one step on a batch of 49 x 49 crops, padded as train.py pads."""
+def train_step(mesh_config, pad_height_multiple, config=None, crop=49, margin=0):
+  """(loss, batch_stats) of one step on a batch of crop x crop labels (images `margin` px wider
+  on each side), padded as train.py pads."""
   if config is None:
     config = spatial_config(pad_height_multiple)
   mesh = mesh_of(mesh_config)
@@ -99,9 +101,10 @@ def train_step(mesh_config, pad_height_multiple, config=None):
   step = jax.jit(steps.make_train_step(model, tx, schedule, ignore_label=IGNORE),
                  in_shardings=(shardings, None, sharding.replicated(mesh)))
   data_rng = np.random.default_rng(0)
-  batch = {'image': data_rng.normal(size=(8, 49, 49, 3)).astype(np.float32),
-           'label': data_rng.integers(0, 5, (8, 49, 49)).astype(np.int32)}
-  height = sharding.padded_height(49, mesh, config.data.pad_height_multiple)
+  side = crop + 2 * margin
+  batch = {'image': data_rng.normal(size=(8, side, side, 3)).astype(np.float32),
+           'label': data_rng.integers(0, 5, (8, crop, crop)).astype(np.int32)}
+  height = sharding.padded_height(crop, mesh, config.data.pad_height_multiple)
   batch = sharding.to_global(mesh, sharding.pad_height(batch, height, IGNORE))
   state, metrics = step(init(rng), batch, rng)
   return float(metrics['loss']), jax.device_get(state.batch_stats), int(metrics['labelled_pixels'])
@@ -121,20 +124,26 @@ def test_train_step_with_a_49_crop_on_2x4_matches_one_device():
   assert max(gaps) > 1e-3
 
 
-@pytest.mark.parametrize('name', ['fc_densenet_camvid', 'unet_camvid'])
-def test_whole_models_on_2x4_match_one_device(name):
-  """FC-DenseNet and U-Net (valid convs, mirrored past the padded crop) pad inside to their
-  stride; on a (data, spatial) mesh a step gives the one-device loss and statistics."""
+@pytest.mark.parametrize('name,context', [('fc_densenet_camvid', False), ('unet_camvid', False),
+                                          ('unet_camvid', True)])
+def test_whole_models_on_2x4_match_one_device(name, context):
+  """FC-DenseNet and U-Net (valid convs, mirrored past the padded crop, or given 92 px of
+  context around a 68 x 68 crop) pad inside to their stride; on a (data, spatial) mesh a step
+  gives the one-device loss and statistics."""
   config = importlib.import_module(f'configs.{name}').get_config('smoke')
   config.data.pad_height_multiple = 4
+  crop = 68 if context else 49
   if name == 'fc_densenet_camvid':
     config.model.fc_densenet.dropout_rate = 0.0
   else:
     config.model.unet.dropout_rate = 0.0
     config.model.unet.batch_norm = True  # statistics to compare
-  loss, stats, count = train_step((('data', 2), ('spatial', 4)), 4, config)
-  ref_loss, ref_stats, ref_count = train_step(None, 4, config)
-  assert count == ref_count == 8 * 49 * 49
+    config.model.unet.train_context = context
+  margin = unet.train_margin(config.model)
+  assert margin == (92 if context else 0)
+  loss, stats, count = train_step((('data', 2), ('spatial', 4)), 4, config, crop, margin)
+  ref_loss, ref_stats, ref_count = train_step(None, 4, config, crop, margin)
+  assert count == ref_count == 8 * crop * crop
   assert loss == pytest.approx(ref_loss, rel=1e-5)
   assert jax.tree.leaves(stats)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),

@@ -114,6 +114,58 @@ def test_logits_match_a_numpy_forward_pass():
                              rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
+def test_training_context_is_the_images_own():
+  """With train_context, training reads a crop's real surroundings: the logits of a 16 t + 4 crop
+  given with 92 px of context (train=True) equal the logits that whole-image overlap-tile
+  (train=False) gives at that crop, where the crop sits on the pooling grid (offsets of 16) and
+  nothing is random (no BatchNorm, no dropout)."""
+  model = unet.UNet(num_classes=3, features=2, dropout_rate=0.0, train_context=True)
+  rng = np.random.default_rng(2)
+  image = rng.normal(size=(1, 70, 120, 3)).astype(np.float32)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 36, 36, 3)))
+  whole = np.asarray(model.apply(variables, jnp.asarray(image)))
+  assert whole.shape == (1, 70, 120, 3)
+  mirrored = np.pad(image, ((0, 0), (92, 92), (92, 92), (0, 0)), mode='reflect')
+  for top, left in ((0, 0), (32, 48), (16, 16)):
+    window = mirrored[:, top:top + 36 + 184, left:left + 52 + 184]
+    got = np.asarray(model.apply(variables, jnp.asarray(window), train=True))
+    assert got.shape == (1, 36, 52, 3)
+    np.testing.assert_allclose(got, whole[:, top:top + 36, left:left + 52], rtol=1e-4,
+                               atol=1e-4 * np.abs(whole).max())
+
+
+def test_camvid_training_batches_carry_context_and_train(camvid_root, cache_dir):
+  """configs/unet_camvid.py:smoke on the real CamVid files: each training image is its 68 x 68
+  label crop with 92 px on every side (252 x 252), and the valid network trains a step on it."""
+  from deeplab_jax import data, optim, steps  # pylint: disable=g-import-not-at-top
+  from deeplab_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  config = _config('smoke')
+  config.data.root, config.data.cache_dir = camvid_root, cache_dir
+  dataset = data.get_dataset(config.data)
+  batch = next(input_pipeline.train_batches(dataset, config, start_step=0))
+  b = config.train.batch_size
+  assert batch['image'].shape == (b, 252, 252, 3) and batch['label'].shape == (b, 68, 68)
+  model = registry.build_model(config.model, dataset.num_classes)
+  tx = optim.make_optimizer(config.optim, config.train.num_steps)
+  schedule = optim.learning_rate_schedule(config.optim, config.train.num_steps)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 68, 68, 3)))
+  state = steps.TrainState.create(apply_fn=model.apply, params=variables['params'],
+                                  batch_stats=variables.get('batch_stats', {}), tx=tx, ema=None)
+  step = jax.jit(steps.make_train_step(model, tx, schedule, dataset.ignore_label))
+  _, metrics = step(state, batch, jax.random.key(1))
+  assert np.isfinite(float(metrics['loss']))
+  assert int(metrics['labelled_pixels']) == int(np.sum(batch['label'] != dataset.ignore_label))
+
+
+def test_training_crops_must_be_16t_plus_4():
+  config = _config()
+  unet.check_train_crop(config.model, *config.data.crop_size)  # 356 x 468
+  with pytest.raises(UserError, match=r'data.crop_size height 360: .* e.g. 356 or 372'):
+    unet.check_train_crop(config.model, 360, 468)
+  config.model.unet.train_context = False
+  unet.check_train_crop(config.model, 360, 480)  # mirrored crops take any size
+
+
 def test_bad_settings_are_named():
   config = _config()
   config.model.unet.padding = 'full'

@@ -25,14 +25,17 @@ import tensorflow_datasets as tfds
 from deeplab_jax.data import Dataset
 from deeplab_jax.data import preprocess
 from deeplab_jax.errors import UserError
+from deeplab_jax.models import unet
 
 Batch = Dict[str, np.ndarray]
 _ENCODED = {'image': tfds.decode.SkipDecoding(), 'label': tfds.decode.SkipDecoding()}
 
 
-def train_specs(data_config) -> Tuple[str, str]:
+def train_specs(data_config, margin: int = 0) -> Tuple[str, str]:
   """Training preprocessing as (fixed, random) specs: the fixed part (`image_scale`) is the
   same at every epoch, so `data.in_memory` applies it once; the random part follows it.
+  `margin` > 0 gives each crop's image that many pixels of context on every side
+  (`context_crop`; the valid U-Net's, models/unet.py `train_margin`).
 
   The image is normalised last, after the crop and the flip, so that the per-pixel work is
   done on the crop only; the padding is filled with the mean colour, which normalises to
@@ -47,16 +50,19 @@ def train_specs(data_config) -> Tuple[str, str]:
   jitter = (c.brightness, c.contrast, c.saturation, c.hue)
   if any(jitter):
     ops.append(f'color_jitter{tuple(float(x) for x in jitter)}')
-  ops += [f'pad_to({h}, {w}, {tuple(c.mean)})', f'random_crop({h}, {w})']
+  if margin:
+    ops.append(f'context_crop({h}, {w}, {margin}, {tuple(c.mean)})')
+  else:
+    ops += [f'pad_to({h}, {w}, {tuple(c.mean)})', f'random_crop({h}, {w})']
   if c.flip:
     ops.append('flip_lr')
   ops.append(f'normalize({tuple(c.mean)}, {tuple(c.std)})')
   return '|'.join(fixed), '|'.join(ops)
 
 
-def train_spec(data_config) -> str:
+def train_spec(data_config, margin: int = 0) -> str:
   """The whole preprocessing spec of training, from the config's augmentation fields."""
-  return '|'.join(filter(None, train_specs(data_config)))
+  return '|'.join(filter(None, train_specs(data_config, margin)))
 
 
 def eval_spec(config) -> str:
@@ -91,7 +97,7 @@ def train_batches(dataset: Dataset, config, start_step: int) -> Iterator[Batch]:
   def permutation(epoch):
     return np.random.default_rng([seed, epoch]).permutation(n)
 
-  fixed_spec, random_spec = train_specs(config.data)
+  fixed_spec, random_spec = train_specs(config.data, unet.train_margin(config.model))
   fixed = preprocess.build(fixed_spec, ignore_label=dataset.ignore_label)
   augment = preprocess.build(random_spec, ignore_label=dataset.ignore_label)
 

@@ -145,6 +145,39 @@ def random_crop(height: int, width: int, **_) -> Op:
   return op
 
 
+def _mirror_indices(n, before: int, after: int):
+  """Indices of rows -before .. n + after - 1 of a length-n axis mirrored past its ends without
+  repeating the edge (numpy's 'reflect'), and again where the margin is wider than the axis."""
+  period = tf.maximum(2 * (n - 1), 1)
+  i = tf.math.floormod(tf.range(-before, n + after), period)
+  return tf.where(i >= n, period - i, i)
+
+
+@register('context_crop')
+def context_crop(height: int, width: int, margin: int, fill=0.0, *, ignore_label: int,
+                 **_) -> Op:
+  """random_crop's height x width window of the label, with the image `margin` px wider on each
+  side: real image where the image has it, mirrored past its border (U-Net's overlap-tile,
+  models/unet.py). A short image is padded to the window as pad_to does, after its mirror."""
+  if margin < 0:
+    raise UserError(f'context_crop margin={margin} must be >= 0.')
+  pad = pad_to(height + 2 * margin, width + 2 * margin, fill, ignore_label=ignore_label)
+  crop = random_crop(height + 2 * margin, width + 2 * margin)
+
+  def op(ex, seed):
+    shape = tf.shape(ex['image'])
+    rows = _mirror_indices(shape[0], margin, margin)
+    cols = _mirror_indices(shape[1], margin, margin)
+    image = tf.gather(tf.gather(ex['image'], rows, axis=0), cols, axis=1)
+    edge = [[margin, margin], [margin, margin], [0, 0]]
+    label = tf.pad(ex['label'], edge, constant_values=ignore_label)  # the mirror is unlabelled
+    ex = crop(pad({**ex, 'image': image, 'label': label}, seed), seed)
+    label = ex['label'][margin:margin + height, margin:margin + width]
+    label.set_shape([height, width, 1])
+    return {**ex, 'label': label}
+  return op
+
+
 @register('flip_lr')
 def flip_lr(probability: float = 0.5, **_) -> Op:
   """Flips image and label left-right together with the given probability."""

@@ -11,9 +11,12 @@
 path's size, an output 184 px smaller than the input (572 -> 388). With `overlap_tile` (the
 default) the network sees the input mirrored 92 px past each border, and a few rows more at the
 bottom and right where needed to reach a size the poolings divide (16 t + 124), and its logits
-are cropped to the input: the paper's overlap-tile strategy at the image's border. (Inside an
-image the paper's tiles read real pixels there; a training crop here is mirrored at the crop's
-border.) `padding='same'` pads every conv (mmsegmentation's and scenic's form), pads the input to
+are cropped to the input: the paper's overlap-tile strategy at the image's border. Inside an
+image the paper's tiles read real pixels there, and so do training crops with `train_context`
+(the default in configs): the input pipeline cuts each crop's image 92 px wider on every side
+(real image where it has it, mirrored past its border: `context_crop` in data/preprocess.py),
+and in training the network reads that margin instead of mirroring the crop; crops are then
+16 t + 4 px, whose valid output is the crop. `padding='same'` pads every conv (mmsegmentation's and scenic's form), pads the input to
 a multiple of 16 at the bottom and right and crops the logits back. `batch_norm` adds BatchNorm
 after every 3x3 conv (which then has no bias), as later U-Nets do; the paper has none.
 The bottom block's output is sown as `intermediates` `bottom` for inspection.
@@ -67,6 +70,7 @@ class UNet(nn.Module):
   features: int = 64
   padding: str = 'valid'
   overlap_tile: bool = True
+  train_context: bool = False
   batch_norm: bool = False
   dropout_rate: float = 0.5
   bn_momentum: float = 0.99
@@ -84,7 +88,9 @@ class UNet(nn.Module):
     valid = self.padding == 'valid'
     height, width = images.shape[1:3]
     x = images.astype(self.dtype)
-    if valid and self.overlap_tile:
+    # Training crops that carry their own context (train_margin) are the network's whole input.
+    context = valid and train and self.train_context
+    if valid and self.overlap_tile and not context:
       pads = tuple((VALID_MARGIN, valid_input_size(s) - s - VALID_MARGIN) for s in (height, width))
       x = mirror_pad(x, pads)
     elif not valid:
@@ -110,7 +116,8 @@ class UNet(nn.Module):
       if valid and (x.shape[1] % 2 or x.shape[2] % 2):
         raise UserError(f'U-Net (valid): a {images.shape[1]} x {images.shape[2]} input gives an '
                         f'odd {x.shape[1]} x {x.shape[2]} map before pooling {level + 1}; '
-                        'valid inputs are 16 t + 124 (572 in the paper), or keep overlap_tile.')
+                        'valid inputs are 16 t + 124 (572 in the paper), training crops with '
+                        'model.unet.train_context 16 t + 4, or keep overlap_tile.')
       x = layers.max_pool(x, (2, 2), strides=(2, 2))
     x = two_convs(x, self.features * 2 ** LEVELS, 'bottom')
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
@@ -124,10 +131,32 @@ class UNet(nn.Module):
       skip = skip[:, top:top + x.shape[1], left:left + x.shape[2]]  # centre crop (valid)
       x = two_convs(jnp.concatenate([skip, x], -1), features, f'up{level + 1}')
     logits = conv(self.num_classes, (1, 1), name='classifier')(x)
-    if not valid or self.overlap_tile:
+    if not valid or (self.overlap_tile and not context):
       logits = logits[:, :height, :width]
     logits = logits.astype(jnp.float32)
     return (logits, []) if return_aux else logits
+
+
+def train_margin(model_config: ml_collections.ConfigDict) -> int:
+  """Pixels of context the input pipeline adds on each side of a training crop's image: the
+  valid margin for the valid U-Net with train_context, else 0."""
+  c = model_config
+  return VALID_MARGIN if (c.name == 'unet' and c.unet.padding == 'valid'
+                          and c.unet.train_context) else 0
+
+
+def check_train_crop(model_config: ml_collections.ConfigDict, height: int, width: int) -> None:
+  """A one-line error unless a training crop of height x width (after any padding for the mesh)
+  is one the valid U-Net with train_context maps onto itself: 16 t + 4, t >= 1."""
+  if not train_margin(model_config):
+    return
+  for field, size in (('height', height), ('width', width)):
+    if size < 20 or size % 16 != 4:
+      below = max(20, size - (size - 4) % 16)
+      raise UserError(
+          f'data.crop_size {field} {size}: the valid U-Net with model.unet.train_context '
+          f'trains on crops of 16 t + 4 px (its output from the crop and 92 px of context), '
+          f'e.g. {below} or {below + 16}; or set model.unet.train_context=False.')
 
 
 def from_config(model_config: ml_collections.ConfigDict, num_classes: int) -> UNet:
@@ -142,7 +171,7 @@ def from_config(model_config: ml_collections.ConfigDict, num_classes: int) -> UN
     raise UserError(f'model.unet.dropout_rate={u.dropout_rate} must be in [0, 1).')
   return UNet(num_classes=num_classes,
               features=layers.scaled(u.features, c.width_multiplier, minimum=1),
-              padding=u.padding, batch_norm=u.batch_norm, dropout_rate=u.dropout_rate,
+              padding=u.padding, train_context=u.train_context, batch_norm=u.batch_norm, dropout_rate=u.dropout_rate,
               bn_momentum=c.bn_momentum, bn_epsilon=c.bn_epsilon,
               fine_tune_batch_norm=c.fine_tune_batch_norm, cpu_kernels=c.cpu_kernels,
               dtype=deeplab.DTYPES[c.dtype])
