@@ -110,7 +110,7 @@ def report(config, steps: int = 3, top: int = 30, num_classes: int = 0) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  host_memory.configure(FLAGS.retain_host_memory)  # as deeplab_jax.main does
+  host_memory.configure(FLAGS.retain_host_memory or FLAGS.config.retain_host_memory)  # as main
   print(json.dumps(report(FLAGS.config, FLAGS.steps, FLAGS.top, FLAGS.num_classes), indent=1))
 
 
@@ -120,7 +120,7 @@ if __name__ == '__main__':
   flags.DEFINE_integer('steps', 3, 'Profiled steps.')
   flags.DEFINE_integer('top', 30, 'Ops and layers to print.')
   flags.DEFINE_integer('num_classes', 0, 'Class count (0: the data set\'s, else 21).')
-  flags.DEFINE_enum('retain_host_memory', 'auto', ['auto', 'true', 'false'],
-                    'As deeplab_jax.main\'s flag (deeplab_jax/host_memory.py).')
+  flags.DEFINE_enum('retain_host_memory', None, ['auto', 'true', 'false'],
+                    'As deeplab_jax.main\'s flag (default: the config\'s).')
   flags.mark_flags_as_required(['config'])
   app.run(main)

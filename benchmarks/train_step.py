@@ -163,7 +163,7 @@ def benchmark(config, steps: int, warmup: int, peak_tflops: float = 0.0, num_cla
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  host_memory.configure(FLAGS.retain_host_memory)  # as deeplab_jax.main does
+  host_memory.configure(FLAGS.retain_host_memory or FLAGS.config.retain_host_memory)  # as main
   print(json.dumps(benchmark(FLAGS.config, FLAGS.steps, FLAGS.warmup, FLAGS.peak_tflops,
                              FLAGS.num_classes), indent=1))
 
@@ -175,7 +175,7 @@ if __name__ == '__main__':
   flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.')
   flags.DEFINE_float('peak_tflops', 0.0, 'Peak TFLOP/s for utilisation (0: unknown).')
   flags.DEFINE_integer('num_classes', 0, 'Class count (0: the data set\'s, else 21).')
-  flags.DEFINE_enum('retain_host_memory', 'auto', ['auto', 'true', 'false'],
-                    'As deeplab_jax.main\'s flag (deeplab_jax/host_memory.py).')
+  flags.DEFINE_enum('retain_host_memory', None, ['auto', 'true', 'false'],
+                    'As deeplab_jax.main\'s flag (default: the config\'s).')
   flags.mark_flags_as_required(['config'])
   app.run(main)

@@ -10,6 +10,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Start a fresh run from pretrained variables: a directory written by deeplab_jax.convert,
   # or another run's workdir. Ignored when the workdir already has a checkpoint (resume).
   config.init_from = ''
+  # Keep the host memory glibc frees (deeplab_jax/host_memory.py): auto = where JAX runs on the
+  # CPU. deeplab_jax.main's --retain_host_memory overrides it.
+  config.retain_host_memory = 'auto'
 
   config.data = ml_collections.ConfigDict()
   config.data.name = 'synthetic'       # a key of deeplab_jax.data.DATASETS

@@ -52,6 +52,9 @@ def get_config(arg=None):
   config.eval.input_scale = config.data.get_ref('image_scale')  # scored at full size
 
   config.model.name = 'fc_densenet'
+  # On the CPU one glibc heap kept for reuse fragments to several times this network's working
+  # set (16 GiB within ten steps of `cpu`; benchmarks/RESULTS.md): malloc's default instead.
+  config.retain_host_memory = 'false'
   config.model.output_stride = 32      # five poolings
   config.model.fc_densenet.depth = 56 if '56' in words else 67 if '67' in words else 103
   config.model.bn_momentum = 0.9       # Lasagne's BatchNormLayer (alpha 0.1, epsilon 1e-4)

@@ -39,9 +39,10 @@ _HEARTBEAT = flags.DEFINE_integer(
     'With several processes: how long a silent peer may go before the others stop with an '
     'error (JAX\'s coordination-service heartbeat).')
 _RETAIN_HOST_MEMORY = flags.DEFINE_enum(
-    'retain_host_memory', 'auto', ['auto', 'true', 'false'],
+    'retain_host_memory', None, ['auto', 'true', 'false'],
     'Keep the host memory malloc frees for reuse (glibc), so XLA:CPU does not fault each '
-    'step\'s buffers in again: auto = where JAX runs on the CPU. See deeplab_jax/host_memory.py.')
+    'step\'s buffers in again: auto = where JAX runs on the CPU. Default: the config\'s '
+    'retain_host_memory. See deeplab_jax/host_memory.py.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -142,7 +143,12 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().python_handler.addFilter(_quiet_libraries)
   from deeplab_jax import host_memory  # pylint: disable=g-import-not-at-top
-  host_memory.configure(_RETAIN_HOST_MEMORY.value)  # before any thread of JAX's allocates
+  setting = _RETAIN_HOST_MEMORY.value or _CONFIG.value.retain_host_memory
+  if setting not in ('auto', 'true', 'false'):
+    sys.exit(f'error: retain_host_memory={setting!r} is not one of auto, true, false.')
+  retained = host_memory.configure(setting)  # before any thread of JAX's allocates
+  logging.info('retain_host_memory=%s: freed host memory %s.', setting,
+               'kept for reuse' if retained else 'left to malloc')
   initialize_distributed()
   # Imported after initialisation: nothing may touch JAX's backends before it.
   from deeplab_jax import train  # pylint: disable=g-import-not-at-top

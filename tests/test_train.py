@@ -204,6 +204,8 @@ def test_bad_settings_give_one_line_errors(tmp_path, cache_dir, args, message, s
      "'smok'"),
     (['--config=configs/quickstart.py:smoke', '--config.train.num_steps=four'],
      'error: flag --config.train.num_steps=four: '),
+    (['--config=configs/quickstart.py:smoke', '--config.retain_host_memory=yes'],
+     "error: retain_host_memory='yes' is not one of auto, true, false."),
 ])
 def test_bad_config_flags_give_one_line_errors(tmp_path, subprocess_env, args, message):
   result = run_main(subprocess_env(), f'--workdir={tmp_path}', *args)
