@@ -50,12 +50,6 @@ STABLEHLO_FILE = 'model.jax_exported'
 
 
 def check_exportable(config) -> None:
-  if config.model.name == 'unet' and config.model.unet.padding == 'valid':
-    # Overlap-tile mirrors a number of rows that depends on the image's size (and mirrors again
-    # where the image is smaller than the margin): Python arithmetic on concrete sizes.
-    raise UserError("export: model.name='unet' with model.unet.padding='valid' cannot be "
-                    'exported with a symbolic image size (its overlap-tile mirroring is sized '
-                    "by the image); predict (deeplab_jax.predict) serves it, and 'same' exports.")
   e = config.eval
   if e.mode != 'whole' or tuple(e.scales) != (1.0,) or e.input_scale != 1.0:
     raise UserError(f'export serves whole images at their own size: eval.mode={e.mode!r}, '

@@ -41,25 +41,22 @@ VALID_MARGIN = 92
 
 
 def mirror_pad(x, pads):
-  """NHWC `x` mirrored (without repeating the edge) by ((top, bottom), (left, right)); pads wider
-  than the image mirror again, as tiling the image with its reflections would."""
+  """NHWC `x` mirrored (without repeating the edge: numpy's 'reflect') by ((top, bottom),
+  (left, right)); pads wider than the image mirror again, as tiling the image with its
+  reflections would. A gather of computed rows and columns, so that the sizes may be symbolic
+  (jax.export)."""
   for axis, (before, after) in zip((1, 2), pads):
-    while before or after:
-      n = x.shape[axis] - 1
-      width = [(0, 0)] * 4
-      if n == 0:  # one row: its mirror is itself
-        width[axis] = (before, after)
-        x = jnp.pad(x, width, mode='edge')
-        break
-      width[axis] = (min(before, n), min(after, n))
-      x = jnp.pad(x, width, mode='reflect')
-      before, after = before - width[axis][0], after - width[axis][1]
+    n = x.shape[axis]
+    period = jnp.maximum(2 * (n - 1), 1)  # one row mirrors to itself
+    i = jnp.mod(jnp.arange(n + before + after) - before, period)
+    x = jnp.take(x, jnp.where(i >= n, period - i, i), axis=axis, mode='clip')
   return x
 
 
-def valid_input_size(size: int) -> int:
-  """The smallest valid-network input (16 t + 124, t >= 1) whose output covers `size` pixels."""
-  return size + 2 * VALID_MARGIN + (-(size + 2 * VALID_MARGIN - 124) % 16)
+def valid_input_size(size):
+  """The smallest valid-network input (16 t + 124, t >= 1) whose output covers `size` pixels,
+  written as ceil(...) x 16 so that a symbolic size stays one (jax.export)."""
+  return -(-(size + 2 * VALID_MARGIN - 124) // 16) * 16 + 124
 
 
 class UNet(nn.Module):
