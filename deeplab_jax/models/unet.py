@@ -16,8 +16,9 @@ image the paper's tiles read real pixels there, and so do training crops with `t
 (the default in configs): the input pipeline cuts each crop's image 92 px wider on every side
 (real image where it has it, mirrored past its border: `context_crop` in data/preprocess.py),
 and in training the network reads that margin instead of mirroring the crop; crops are then
-16 t + 4 px, whose valid output is the crop. `padding='same'` pads every conv (mmsegmentation's and scenic's form), pads the input to
-a multiple of 16 at the bottom and right and crops the logits back. `batch_norm` adds BatchNorm
+16 t + 4 px, whose valid output is the crop. `padding='same'` pads every conv (mmsegmentation's
+and scenic's form), pads the input to a multiple of 16 at the bottom and right and crops the
+logits back. `batch_norm` adds BatchNorm
 after every 3x3 conv (which then has no bias), as later U-Nets do; the paper has none.
 The bottom block's output is sown as `intermediates` `bottom` for inspection.
 """
@@ -168,7 +169,8 @@ def from_config(model_config: ml_collections.ConfigDict, num_classes: int) -> UN
     raise UserError(f'model.unet.dropout_rate={u.dropout_rate} must be in [0, 1).')
   return UNet(num_classes=num_classes,
               features=layers.scaled(u.features, c.width_multiplier, minimum=1),
-              padding=u.padding, train_context=u.train_context, batch_norm=u.batch_norm, dropout_rate=u.dropout_rate,
+              padding=u.padding, train_context=u.train_context, batch_norm=u.batch_norm,
+              dropout_rate=u.dropout_rate,
               bn_momentum=c.bn_momentum, bn_epsilon=c.bn_epsilon,
               fine_tune_batch_norm=c.fine_tune_batch_norm, cpu_kernels=c.cpu_kernels,
               dtype=deeplab.DTYPES[c.dtype])
