@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from deeplab_jax.errors import UserError
 from deeplab_jax.models import layers
 from deeplab_jax.models import registry
+from deeplab_jax.models import unet
 
 AVERAGES = ('probabilities', 'logits')
 
@@ -42,15 +43,25 @@ def _starts(size: int, window: int, stride: int):
   return sorted(set(range(0, size - window, stride)) | {size - window})
 
 
-def sliding_window_logits(apply_fn, images, window, overlap: float):
-  """Logits of overlapping windows (all run as one batch), averaged where they overlap."""
+def sliding_window_logits(apply_fn, images, window, overlap: float, tile=None):
+  """Logits of overlapping windows (all run as one batch), averaged where they overlap.
+
+  tile: None, or (margin, input_size) for a network that reads `margin` px of real image around
+  each window (the valid U-Net's overlap-tile): each window is cut input_size(window) px large
+  from the image mirrored only past its border, and apply_fn's logits are cropped to the window.
+  """
   b, h, w, _ = images.shape
   wh, ww = min(window[0], h), min(window[1], w)
   stride_h = max(1, int(math.ceil(wh * (1 - overlap))))
   stride_w = max(1, int(math.ceil(ww * (1 - overlap))))
   offsets = [(t, l) for t in _starts(h, wh, stride_h) for l in _starts(w, ww, stride_w)]
-  windows = jnp.concatenate([images[:, t:t + wh, l:l + ww] for t, l in offsets], axis=0)
-  logits = apply_fn(windows).reshape(len(offsets), b, wh, ww, -1)
+  ih, iw, source = wh, ww, images
+  if tile:
+    margin, input_size = tile
+    ih, iw = input_size(wh), input_size(ww)
+    source = unet.mirror_pad(images, ((margin, ih - wh - margin), (margin, iw - ww - margin)))
+  windows = jnp.concatenate([source[:, t:t + ih, l:l + iw] for t, l in offsets], axis=0)
+  logits = apply_fn(windows)[:, :wh, :ww].reshape(len(offsets), b, wh, ww, -1)
   total = jnp.zeros((b, h, w, logits.shape[-1]), jnp.float32)
   count = jnp.zeros((1, h, w, 1), jnp.float32)
   for i, (t, l) in enumerate(offsets):
@@ -84,6 +95,11 @@ def pass_logits(model, variables, images, config):
   size = images.shape[1:3]
   window = tuple(e.window_size) or tuple(config.data.crop_size)
   apply_fn = lambda x: model.apply(variables, x, train=False)
+  tile = None
+  if e.mode == 'sliding' and config.model.name == 'unet' and config.model.unet.padding == 'valid':
+    # Overlap-tile inside the image too: each window reads its real surroundings.
+    tiled = model.clone(given_context=True)
+    tile = (unet.VALID_MARGIN, unet.valid_input_size)
   for scale in e.scales:
     s = scale * e.input_scale
     scaled = images if s == 1.0 else layers.resize_bilinear(
@@ -91,7 +107,9 @@ def pass_logits(model, variables, images, config):
     for flip in ((False, True) if e.flip else (False,)):
       x = scaled[:, :, ::-1] if flip else scaled
       if e.mode == 'sliding':
-        logits = sliding_window_logits(apply_fn, x, window, e.window_overlap)
+        logits = sliding_window_logits(
+            (lambda v: tiled.apply(variables, v, train=False)) if tile else apply_fn, x, window,
+            e.window_overlap, tile)
       else:
         logits = apply_fn(x)
       logits = logits[:, :, ::-1] if flip else logits

@@ -134,6 +134,27 @@ def test_training_context_is_the_images_own():
                                atol=1e-4 * np.abs(whole).max())
 
 
+def test_sliding_windows_read_the_image_around_them():
+  """eval.mode='sliding' with the valid U-Net: each window is cut with its 92 px of real
+  surroundings, so where every window sits on the pooling grid (offsets 0, 16, 32) the averaged
+  windows equal whole-image overlap-tile; windows mirrored at their own border do not."""
+  from deeplab_jax import inference  # pylint: disable=g-import-not-at-top
+  config = _config('smoke')
+  config.model.unet.features, config.model.unet.dropout_rate = 2, 0.0
+  config.eval.mode, config.eval.window_size = 'sliding', (36, 36)
+  config.eval.window_overlap, config.eval.scales, config.eval.flip = 5 / 9, (1.0,), False
+  config.eval.input_scale = 1.0
+  model = registry.build_model(config.model, 3)
+  images = jnp.asarray(np.random.default_rng(3).normal(size=(1, 68, 84, 3)), jnp.float32)
+  variables = model.init(jax.random.key(0), images)
+  whole = np.asarray(model.apply(variables, images))
+  got = np.asarray(inference.predict_scores(model, variables, images, config))
+  np.testing.assert_allclose(got, whole, rtol=1e-4, atol=1e-4 * np.abs(whole).max())
+  mirrored = np.asarray(inference.sliding_window_logits(
+      lambda x: model.apply(variables, x), images, (36, 36), 5 / 9))
+  assert np.abs(mirrored - whole).max() > 1e-2 * np.abs(whole).max()
+
+
 def test_camvid_training_batches_carry_context_and_train(camvid_root, cache_dir):
   """configs/unet_camvid.py:smoke on the real CamVid files: each training image is its 68 x 68
   label crop with 92 px on every side (252 x 252), and the valid network trains a step on it."""

@@ -16,10 +16,11 @@ image the paper's tiles read real pixels there, and so do training crops with `t
 (the default in configs): the input pipeline cuts each crop's image 92 px wider on every side
 (real image where it has it, mirrored past its border: `context_crop` in data/preprocess.py),
 and in training the network reads that margin instead of mirroring the crop; crops are then
-16 t + 4 px, whose valid output is the crop. `padding='same'` pads every conv (mmsegmentation's
-and scenic's form), pads the input to a multiple of 16 at the bottom and right and crops the
-logits back. `batch_norm` adds BatchNorm
-after every 3x3 conv (which then has no bias), as later U-Nets do; the paper has none.
+16 t + 4 px, whose valid output is the crop; sliding-window evaluation cuts its windows so too
+(`given_context`, inference.py). `padding='same'` pads every conv (mmsegmentation's and scenic's
+form), pads the input to a multiple of 16 at the bottom and right and crops the logits back.
+`batch_norm` adds BatchNorm after every 3x3 conv (which then has no bias), as later U-Nets do;
+the paper has none.
 The bottom block's output is sown as `intermediates` `bottom` for inspection.
 """
 
@@ -69,6 +70,7 @@ class UNet(nn.Module):
   padding: str = 'valid'
   overlap_tile: bool = True
   train_context: bool = False
+  given_context: bool = False  # the input carries its margin always (sliding windows)
   batch_norm: bool = False
   dropout_rate: float = 0.5
   bn_momentum: float = 0.99
@@ -86,8 +88,9 @@ class UNet(nn.Module):
     valid = self.padding == 'valid'
     height, width = images.shape[1:3]
     x = images.astype(self.dtype)
-    # Training crops that carry their own context (train_margin) are the network's whole input.
-    context = valid and train and self.train_context
+    # Training crops that carry their own context (train_margin), and sliding windows cut with
+    # theirs (inference.py), are the network's whole input: its logits are the valid output.
+    context = valid and (self.given_context or (train and self.train_context))
     if valid and self.overlap_tile and not context:
       pads = tuple((VALID_MARGIN, valid_input_size(s) - s - VALID_MARGIN) for s in (height, width))
       x = mirror_pad(x, pads)
