@@ -91,6 +91,18 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.model.aspp.dropout_rate = 0.1
   config.model.aspp.separable = False  # depthwise-separable 3x3 branches (Xception)
   config.model.aspp.output_conv = False  # torchvision's extra 3x3 conv after the projection
+  # FCN's head as the context module (model.context='fcn'): 3x3 conv -> BN -> ReLU -> dropout
+  # -> 1x1 conv to classes, FastFCN's with 512 channels (a quarter of 2048).
+  config.model.fcn_head = ml_collections.ConfigDict()
+  config.model.fcn_head.features = 512
+  config.model.fcn_head.dropout_rate = 0.1
+  # A neck between backbone and context module: 'none', or 'jpu' (FastFCN's Joint Pyramid
+  # Upsampling, models/jpu.py: an undilated backbone at output stride 32 -> stride-8 features).
+  config.model.neck = 'none'
+  config.model.jpu = ml_collections.ConfigDict()
+  config.model.jpu.features = 512
+  config.model.jpu.dilations = (1, 2, 4, 8)
+  config.model.jpu.endpoints = ('block2', 'block3', 'features')  # ResNet's strides 8, 16, 32
   config.model.context_module = ml_collections.ConfigDict()
   config.model.context_module.atrous_rates = (1, 1, 2, 4, 8, 16, 1)
   config.model.context_module.features = 256

@@ -79,6 +79,8 @@ TABLE_ROWS = (
     'configs/fc_densenet_camvid.py:67',
     'configs/fc_densenet_camvid.py:56',
     'configs/fc_densenet_camvid.py:cpu',
+    'configs/fastfcn_ade20k.py',
+    'configs/fastfcn_ade20k.py:fcn',
     'configs/quickstart.py',
 )
 TABLE_COLUMNS = ('config', 'backbone', 'context', 'OS', 'crop', 'params', 'multiply-adds')
@@ -106,6 +108,13 @@ def parse_crop(text: str) -> Tuple[int, int]:
 def count_params(model, crop: Sequence[int]) -> int:
   variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *crop, 3)))
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(variables['params'])))
+
+
+def count_params_by_module(model, crop: Sequence[int]) -> Dict[str, int]:
+  """Trainable parameters of each top-level module (backbone, jpu, aspp, decoder, ...)."""
+  variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *crop, 3)))
+  return {name: int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+          for name, tree in variables['params'].items()}
 
 
 def count_macs(model, crop: Sequence[int]) -> Tuple[int, Dict[str, int]]:
@@ -229,10 +238,11 @@ def summarize(config, crop=None, with_receptive_field: bool = True) -> Dict[str,
       'model': m.name, 'backbone': None if whole else m.backbone.name,
       'context': None if whole else m.context,
       'output_stride': m.output_stride, 'crop': list(crop), 'num_classes': num_classes,
-      'params': count_params(model, crop), 'macs': macs, 'macs_by_module': by_module,
+      'params': count_params(model, crop), 'params_by_module': count_params_by_module(model, crop),
+      'macs': macs, 'macs_by_module': by_module,
   }
   if not whole and m.context in ('aspp', 'aspp_l'):
-    fs = feature_size(crop, m.output_stride)
+    fs = feature_size(crop, 8 if m.neck == 'jpu' else m.output_stride)  # JPU upsamples to 8
     result['aspp_feature_size'] = list(fs)
     result['aspp_taps'] = [aspp_taps(fs, r) for r in m.aspp.atrous_rates]
   if with_receptive_field:
@@ -247,7 +257,8 @@ def format_text(r: Dict[str, Any]) -> str:
           else f"{r['model']} / {r['backbone']} / context {r['context']}")
   lines = [f"{name}, OS{r['output_stride']}, "
            f"{r['num_classes']} classes, input {r['crop'][0]} x {r['crop'][1]}",
-           f"  parameters       {r['params']:,}",
+           f"  parameters       {r['params']:,}  (" + ', '.join(
+               f'{k} {v:,}' for k, v in r['params_by_module'].items()) + ')',
            f"  multiply-adds    {r['macs'] / 1e9:.2f} B  (" + ', '.join(
                f'{k} {v / 1e9:.2f} B' for k, v in r['macs_by_module'].items()) + ')']
   if 'receptive_field' in r:
@@ -296,6 +307,8 @@ def table_row(spec: str, root: str = ROOT) -> Dict[str, str]:
   if r['backbone'] is None:  # a whole model (FCN, U-Net, FC-DenseNet) describes itself
     return _row(spec, r, *registry.WHOLE_MODELS[m.name].describe(m))
   heads = [f'cascade (blocks 5-{4 + m.backbone.extra_blocks})'] if m.backbone.extra_blocks else []
+  if m.neck != 'none':
+    heads.append(m.neck.upper())
   if r['context'] != 'none' or not heads:
     heads.append(r['context'])
   if r['model'] == 'deeplabv3plus':

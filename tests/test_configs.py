@@ -37,6 +37,7 @@ VARIANTS = {
     'fc_densenet_camvid': [None, '56', '67', 'finetune', 'dev', 'smoke', 'cpu,dev'],
     'unet_camvid': [None, 'same', 'dev', 'same,smoke', 'smoke', 'cpu,dev'],
     'fcn_voc': [None, 'fcn16s', 'fcn32s', 'atonce', 'learned', 'same', 'smoke'],
+    'fastfcn_ade20k': [None, 'fcn', 'r101', 'smoke'],
 }
 # The family members and the variant a test trains for two steps on CPU.
 TINY = {n: next(a for a in v if a and 'smoke' in a) for n, v in VARIANTS.items()

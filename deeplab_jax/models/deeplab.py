@@ -6,6 +6,8 @@
   v3   ResNet OS16 + multi-grid -> ASPP + image pooling -> classifier   context 'aspp', or the
        cascade (backbone.extra_blocks) / stacked-rate context module for ablations
   v3+  v3 encoder (ResNet, Xception, MobileNetV2) -> decoder on stride-4 features
+FastFCN puts JPU (models/jpu.py, `model.neck='jpu'`) between an undilated ResNet at output stride
+32 and the context module: ASPP at the stride-8 rates, or FCN's head (context 'fcn').
 torchvision's DeepLabv3 is v3 with `aspp.output_conv`, dropout 0.5 and `aux_head`.
 models/registry.py chooses the backbone and calls `from_config` for every model.name here.
 """
@@ -22,16 +24,18 @@ from deeplab_jax.models import aspp as aspp_lib
 from deeplab_jax.models import cpu_kernels
 from deeplab_jax.models import decoder as decoder_lib
 from deeplab_jax.models import heads
+from deeplab_jax.models import jpu as jpu_lib
 from deeplab_jax.models import layers
 
 # The context modules each family member may use.
 HEADS = {
     'deeplabv1': ('none',),
     'deeplabv2': ('aspp_l',),
-    'deeplabv3': ('aspp', 'context_module', 'none'),
+    'deeplabv3': ('aspp', 'context_module', 'fcn', 'none'),
     'deeplabv3plus': ('aspp', 'context_module', 'none'),
 }
-CONTEXTS = ('aspp', 'aspp_l', 'context_module', 'none')
+CONTEXTS = ('aspp', 'aspp_l', 'context_module', 'fcn', 'none')
+NECKS = ('none', 'jpu')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
@@ -49,6 +53,8 @@ class DeepLab(nn.Module):
   """
   num_classes: int
   backbone: Callable[..., nn.Module]
+  neck: Optional[Callable[..., nn.Module]] = None
+  neck_endpoints: Sequence[str] = ()
   context: Optional[Callable[..., nn.Module]] = None
   context_name: str = 'aspp'
   context_gives_logits: bool = False
@@ -81,6 +87,7 @@ class DeepLab(nn.Module):
       backbone_norm = norm if self.backbone_bn_epsilon is None else layers.make_norm(
           norm_train, self.bn_momentum, self.backbone_bn_epsilon, self.dtype)
       backbone = self.backbone(norm=backbone_norm, dtype=self.dtype, name='backbone')
+      neck = self.neck(norm=norm, dtype=self.dtype, name='jpu') if self.neck else None
       context = (self.context(norm=norm, dtype=self.dtype, name=self.context_name)
                  if self.context else None)
       decoder = self.decoder(norm=norm, dtype=self.dtype, name='decoder') if self.decoder else None
@@ -94,6 +101,9 @@ class DeepLab(nn.Module):
         low_level = (self._endpoint(endpoints, self.low_level_endpoint,
                                     'model.decoder.low_level_endpoint') if decoder else None)
         y = endpoints['features']
+        if neck is not None:
+          y = neck(tuple(self._endpoint(endpoints, e, 'model.jpu.endpoints')
+                         for e in self.neck_endpoints), train=train)
         if context is not None:
           y = context(y, train=train)
         if classifier is not None:
@@ -146,6 +156,7 @@ def from_config(model_config: ml_collections.ConfigDict, num_classes: int,
   _choice(c.name, HEADS, 'model.name')
   _choice(c.dtype, DTYPES, 'model.dtype')
   _choice(c.context, CONTEXTS, 'model.context')
+  _choice(c.neck, NECKS, 'model.neck')
   if c.context not in HEADS[c.name]:
     raise UserError(f'model.context={c.context!r} does not belong to model.name={c.name!r}, '
                     f'which takes {HEADS[c.name]}.')
@@ -157,8 +168,24 @@ def from_config(model_config: ml_collections.ConfigDict, num_classes: int,
                     '(0: model.bn_epsilon).')
   width = functools.partial(layers.scaled, width_multiplier=c.width_multiplier)
 
+  neck = None
+  if c.neck == 'jpu':
+    if c.output_stride != 32:
+      raise UserError(f"model.neck='jpu' reads an undilated backbone at output stride 32 (its "
+                      f'stride-8, -16 and -32 features); model.output_stride={c.output_stride}.')
+    if len(c.jpu.endpoints) != 3 or len(c.jpu.dilations) < 1:
+      raise UserError(f'model.jpu.endpoints={tuple(c.jpu.endpoints)} must name the stride-8, -16 '
+                      f'and -32 features; model.jpu.dilations={tuple(c.jpu.dilations)} at least '
+                      'one rate.')
+    layers.check_rates(tuple(c.jpu.dilations), 'model.jpu.dilations')
+    neck = functools.partial(jpu_lib.JPU, features=width(c.jpu.features),
+                             dilations=tuple(c.jpu.dilations))
   context, gives_logits = None, False
-  if c.context == 'aspp':
+  if c.context == 'fcn':
+    context = functools.partial(heads.FCNHead, num_classes, features=width(c.fcn_head.features),
+                                dropout_rate=c.fcn_head.dropout_rate)
+    gives_logits = True
+  elif c.context == 'aspp':
     layers.check_rates(tuple(c.aspp.atrous_rates), 'model.aspp.atrous_rates')
     context = functools.partial(
         aspp_lib.ASPP, atrous_rates=tuple(c.aspp.atrous_rates), features=width(c.aspp.features),
@@ -183,7 +210,8 @@ def from_config(model_config: ml_collections.ConfigDict, num_classes: int,
   if c.aux_head.endpoint:
     aux_head = functools.partial(heads.FCNHead, num_classes, features=width(c.aux_head.features),
                                  dropout_rate=c.aux_head.dropout_rate)
-  return DeepLab(num_classes=num_classes, backbone=backbone, context=context,
+  return DeepLab(num_classes=num_classes, backbone=backbone, neck=neck,
+                 neck_endpoints=tuple(c.jpu.endpoints), context=context,
                  context_name=c.context, context_gives_logits=gives_logits, decoder=decoder,
                  low_level_endpoint=c.decoder.low_level_endpoint or low_level_endpoint,
                  aux_head=aux_head, aux_endpoint=c.aux_head.endpoint,

@@ -47,7 +47,7 @@ WHOLE_MODELS = {
 # The atrous rates, after the backbone, that a model at another output stride rescales: those
 # of the context module in use (model.context) and those of a backbone's own head layers.
 CONTEXT_RATES = {'aspp': 'aspp.atrous_rates', 'aspp_l': 'aspp.atrous_rates',
-                 'context_module': 'context_module.atrous_rates', 'none': None}
+                 'context_module': 'context_module.atrous_rates', 'fcn': None, 'none': None}
 BACKBONE_RATES = {'vgg16': ('backbone.fc6_rate',)}
 
 
@@ -89,6 +89,9 @@ def at_output_stride(model_config: ml_collections.ConfigDict, output_stride: int
   if c.name in WHOLE_MODELS:
     raise UserError(f'{field}={output_stride}: model.name={c.name!r} has no atrous rates to '
                     f'rescale; it runs at its own output stride, {c.output_stride}.')
+  if c.neck != 'none':
+    raise UserError(f'{field}={output_stride}: model.neck={c.neck!r} runs its backbone at output '
+                    f'stride {c.output_stride} and upsamples to 8 itself; leave {field} unset.')
   _choice(c.context, CONTEXT_RATES, 'model.context')
   paths = ((CONTEXT_RATES[c.context],) if CONTEXT_RATES[c.context] else ()) + BACKBONE_RATES.get(
       c.backbone.name, ())

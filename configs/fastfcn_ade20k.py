@@ -1,0 +1,54 @@
+"""FastFCN on ADE20K SceneParsing (150 classes): ResNet-50 at output stride 32 + JPU + ASPP head.
+
+  python -m deeplab_jax.main --config=configs/fastfcn_ade20k.py \
+      --config.data.root=/path/to/ADEChallengeData2016 --workdir=/tmp/fastfcn
+
+The network of the official code (wuhuikai/FastFCN, from PyTorch-Encoding): ResNet with the deep
+3x3 stem and no dilation (output stride 32, multi-grid off), Joint Pyramid Upsampling on its
+stride-8, -16 and -32 features (models/jpu.py: 2048 channels at stride 8), and its DeepLabV3
+head: ASPP at the stride-8 rates (12, 24, 36) with image pooling, 256 channels, then a 3x3 conv
+(`aspp.output_conv`) and the classifier; an auxiliary FCN head on the stride-16 features
+(1024 -> 256 channels) at loss weight 0.2. The recipe (its option.py for ADE20K): SGD momentum
+0.9, learning rate 0.01 at batch 16, poly power 0.9, weight decay 1e-4, 120 epochs of the 20,210
+training images (151,575 steps), crops of 480 from images scaled by 0.5 to 2.0, flips.
+What differs, and why: the official code scales each image's short side to a random length in
+[260, 1040] (0.5 to 2 x its base size 520); here each image is scaled by a random factor in
+[0.5, 2] of its own size, as every config here does. It trains the head and JPU at 10 x the
+backbone's learning rate; here one rate serves all (no per-module rates yet). It also adds
+Gaussian blur to the augmentation, not done here.
+
+Variants: `fcn` (FCN's head, 2048 -> 512 -> classes, in place of the ASPP head), `r101`
+(ResNet-101), `smoke` (a tiny model the tests train for two steps).
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  words = common.parse_variant(arg, {'fcn', 'r101', 'smoke'}, 'configs/fastfcn_ade20k.py')
+  config = common.get_base_config()
+  config.data.name = 'ade20k'
+  config.data.crop_size = (480, 480)
+  config.data.min_scale = 0.5
+  config.data.max_scale = 2.0
+  config.model.name = 'deeplabv3'
+  config.model.backbone.name = 'resnet101' if 'r101' in words else 'resnet50'
+  config.model.backbone.beta_stem = True      # the deep 3x3 stem
+  config.model.backbone.multi_grid = (1, 1, 1)  # no dilation anywhere in the backbone
+  config.model.output_stride = 32
+  config.model.neck = 'jpu'
+  config.model.context = 'fcn' if 'fcn' in words else 'aspp'
+  config.model.aspp.atrous_rates = (12, 24, 36)  # the head reads stride-8 features
+  config.model.aspp.output_conv = True
+  config.model.aux_head.endpoint = 'block3'
+  config.model.aux_head.loss_weight = 0.2
+  config.optim.learning_rate = 0.01
+  config.optim.momentum = 0.9
+  config.optim.weight_decay = 1e-4
+  config.train.batch_size = 16
+  config.train.num_steps = 151_575
+  config.train.eval_every_steps = 10_000
+  config.eval.image_size = (513, 513)
+  if 'smoke' in words:
+    common.make_smoke(config)
+  return config
