@@ -41,14 +41,31 @@ def eval_variables(state, config):
   return {'params': state.params, 'batch_stats': state.batch_stats}
 
 
+def boundary_radii(config) -> Tuple[int, ...]:
+  """config.eval.boundary_tolerances in pixels, at eval.image_size's diagonal."""
+  h, w = config.eval.image_size
+  return tuple(metrics.boundary_radius(t, h, w) for t in config.eval.boundary_tolerances)
+
+
+def counts(labels, predictions, batch, num_classes: int, config) -> Dict:
+  """What a batch adds to a split's scores: 'confusion' [K, K], and with
+  eval.boundary_tolerances 'boundary_f' [tolerances, 2, K] (metrics.boundary_f_sums)."""
+  weights = jnp.broadcast_to(jnp.asarray(batch['mask'])[:, None, None], labels.shape)
+  out = {'confusion': metrics.confusion_matrix(labels, predictions, num_classes, weights)}
+  if config.eval.boundary_tolerances:
+    out['boundary_f'] = jnp.stack([
+        metrics.boundary_f_sums(labels, predictions, num_classes, batch['size'], batch['mask'], r)
+        for r in boundary_radii(config)])
+  return out
+
+
 def make_eval_step(model, num_classes: int, config) -> Callable:
-  """(state, batch) -> (confusion [K, K], predictions [B, H, W]) at the label's full size, of
-  the state's eval_variables."""
+  """(state, batch) -> (counts, predictions [B, H, W]) at the label's full size, of the state's
+  eval_variables; counts as `counts` gives them."""
   def eval_step(state, batch):
     variables = eval_variables(state, config)
     predictions = inference.predict_labels(model, variables, batch['image'], config)
-    weights = jnp.broadcast_to(batch['mask'][:, None, None], batch['label'].shape)
-    return metrics.confusion_matrix(batch['label'], predictions, num_classes, weights), predictions
+    return counts(batch['label'], predictions, batch, num_classes, config), predictions
   return eval_step
 
 
@@ -64,7 +81,8 @@ def denormalise(images, mean, std) -> np.ndarray:
 
 
 def make_eval_fn(model, num_classes: int, config, mesh) -> Callable:
-  """(state, global batch) -> (confusion [K, K] over all processes, predictions [B, H, W]).
+  """(state, global batch) -> (counts over all processes, predictions [B, H, W]); counts as
+  `counts` gives them (the confusion matrix, and boundary F's sums where configured).
 
   Without the CRF this is one jitted step. With config.eval.crf.enabled the jitted step stops
   at the log-probabilities; each process then runs dense_crf on its own images (the padding
@@ -94,11 +112,12 @@ def make_eval_fn(model, num_classes: int, config, mesh) -> Callable:
     rgb = denormalise(image, config.data.mean, config.data.std)
     probs = dense_crf(rgb, log_probs, valid=valid, **params)
     predictions = np.asarray(jnp.argmax(probs, axis=-1))
-    weights = np.broadcast_to(mask[:, None, None], label.shape)
-    confusion = np.asarray(metrics.confusion_matrix(label, predictions, num_classes, weights))
+    local_counts = jax.device_get(counts(label, predictions, {'mask': mask, 'size': size},
+                                         num_classes, config))
     if jax.process_count() > 1:
-      confusion = np.asarray(multihost_utils.process_allgather(confusion)).sum(0)
-    return confusion, predictions
+      local_counts = {k: np.asarray(multihost_utils.process_allgather(v)).sum(0)
+                      for k, v in local_counts.items()}
+    return local_counts, predictions
 
   return eval_fn
 
@@ -121,6 +140,8 @@ def protocol(config) -> str:
   words.append(f'os={e.output_stride or config.model.output_stride}')
   if e.crf.enabled:
     words.append('crf(' + ','.join(f'{k}={v:g}' for k, v in crf_params(e.crf).items()) + ')')
+  if e.boundary_tolerances:
+    words.append('boundary_f=' + ','.join(f'{r}px' for r in boundary_radii(config)))
   if config.optim.ema_decay > 0:
     words.append(f'ema={config.optim.ema_decay!r}')
   return ' '.join(words)
@@ -142,6 +163,14 @@ def check_eval_config(config) -> None:
   multiple = config.data.pad_height_multiple
   if int(multiple) != multiple or multiple < 1:
     raise UserError(f'data.pad_height_multiple={multiple} must be an integer >= 1.')
+  tolerances = tuple(e.boundary_tolerances)
+  if any(not t > 0 for t in tolerances):
+    raise UserError(f'eval.boundary_tolerances={tolerances} must each be > 0 (below 1: a fraction '
+                    'of the diagonal; else pixels).')
+  if len(set(boundary_radii(config))) != len(tolerances):
+    raise UserError(f'eval.boundary_tolerances={tolerances} give the radii '
+                    f'{boundary_radii(config)} px at eval.image_size '
+                    f'{tuple(e.image_size)}: each must give its own.')
   crf = e.crf
   for name in ('s_alpha', 's_beta', 's_gamma'):
     if not crf[name] > 0:
@@ -178,11 +207,14 @@ def evaluate(config, state, eval_step, dataset, mesh, writer, workdir: str, step
   height = sharding.padded_height(config.eval.image_size[0], mesh,
                                   config.data.pad_height_multiple)
   confusion = np.zeros((dataset.num_classes,) * 2, np.int64)
+  boundary = 0.0
   images_to_write = None
   for i, local in enumerate(batches):
     padded = sharding.pad_height(local, height, dataset.ignore_label)
-    cm, predictions = eval_step(state, sharding.to_global(mesh, padded))
-    confusion += np.asarray(jax.device_get(cm), np.int64)
+    batch_counts, predictions = eval_step(state, sharding.to_global(mesh, padded))
+    confusion += np.asarray(jax.device_get(batch_counts['confusion']), np.int64)
+    if 'boundary_f' in batch_counts:
+      boundary = boundary + np.asarray(jax.device_get(batch_counts['boundary_f']), np.float64)
     if i == 0 and config.eval.num_images_to_write:
       predictions = _local_rows(predictions, mesh)
       n = min(config.eval.num_images_to_write, int(local['mask'].sum()))
@@ -197,6 +229,12 @@ def evaluate(config, state, eval_step, dataset, mesh, writer, workdir: str, step
             'confusion': confusion.tolist()}
   scalars = {f'{split}/miou': result['miou'], f'{split}/pixel_accuracy': result['pixel_accuracy']}
   scalars.update({f'{split}/iou/{k}': v for k, v in result['per_class_iou'].items()})
+  for radius, sums in zip(boundary_radii(config), np.reshape(boundary, (-1, 2, dataset.num_classes))
+                          if config.eval.boundary_tolerances else ()):
+    scores = metrics.boundary_f_score(sums, dataset.class_names)
+    result[f'boundary_f_{radius}px'] = scores['boundary_f']
+    result[f'per_class_boundary_f_{radius}px'] = scores['per_class_boundary_f']
+    scalars[f'{split}/boundary_f_{radius}px'] = scores['boundary_f']
   writer.write_scalars(step, scalars)
   if images_to_write is not None and len(images_to_write):
     writer.write_images(step, {f'{split}/input_truth_prediction': images_to_write})

@@ -147,7 +147,8 @@ def test_evaluation_scores_the_average(runs):
       'label': gen.integers(0, 5, (2, 48, 48)).astype(np.int32),
       'mask': np.ones(2, bool)})
   eval_model = inference.build_eval_model(config, 5)
-  confusion, predictions = evaluate.make_eval_fn(eval_model, 5, config, mesh)(state, batch)
+  counts, predictions = evaluate.make_eval_fn(eval_model, 5, config, mesh)(state, batch)
+  confusion = counts['confusion']
   assert np.all(np.asarray(predictions) == 2)
   np.testing.assert_array_equal(predictions, inference.predict_labels(
       eval_model, state.ema, batch['image'], config))

@@ -157,9 +157,9 @@ def eval_once(mesh_config, state, batch):
   eval_fn = evaluate.make_eval_fn(model, 5, config, mesh)
   height = sharding.padded_height(98, mesh, config.data.pad_height_multiple)
   assert height == 104
-  confusion, predictions = eval_fn(state, sharding.to_global(
+  counts, predictions = eval_fn(state, sharding.to_global(
       mesh, sharding.pad_height(batch, height, IGNORE)))
-  return np.asarray(confusion), np.asarray(predictions)
+  return np.asarray(counts['confusion']), np.asarray(predictions)
 
 
 def test_evaluation_on_spatial_meshes_matches_one_device():

@@ -253,6 +253,39 @@ def test_evaluation_with_the_dense_crf(tmp_path, cache_dir, two_steps):
     train.evaluate_checkpoint(config, workdir)
 
 
+@pytest.mark.slow
+def test_evaluation_with_boundary_f(tmp_path, cache_dir, two_steps):
+  """eval.boundary_tolerances: boundary F at each radius in evals.jsonl and the protocol, the
+  same through the dense CRF's host path at 0 iterations as through the jitted step, and with
+  sliding windows. (Its values against scipy: tests/test_boundary.py.)"""
+  workdir = str(tmp_path / 'w')
+  shutil.copytree(two_steps, workdir)
+  config = smoke_config(cache_dir)
+  config.eval.boundary_tolerances = (0.01, 3)
+  plain = train.evaluate_checkpoint(config, workdir)
+  h, w = config.eval.image_size
+  radius = int(np.ceil(0.01 * np.hypot(h, w)))
+  assert f'boundary_f={radius}px,3px' in plain['protocol']
+  assert 0 < plain[f'boundary_f_{radius}px'] <= plain['boundary_f_3px'] <= 1
+  assert set(plain['per_class_boundary_f_3px']) == set(plain['per_class_iou'])
+  rows = [json.loads(l) for l in open(os.path.join(workdir, 'evals.jsonl'))]
+  assert rows[-1]['boundary_f_3px'] == pytest.approx(plain['boundary_f_3px'])
+  config.eval.crf.enabled = True
+  config.eval.crf.iterations = 0
+  crf = train.evaluate_checkpoint(config, workdir)
+  assert crf['boundary_f_3px'] == pytest.approx(plain['boundary_f_3px'], abs=1e-3)
+  config.eval.crf.enabled = False
+  config.eval.mode = 'sliding'
+  sliding = train.evaluate_checkpoint(config, workdir)
+  assert 0 < sliding['boundary_f_3px'] <= 1
+  config.eval.boundary_tolerances = (2.5, 3)
+  with pytest.raises(UserError, match=r'give the radii \(3, 3\) px'):
+    train.evaluate_checkpoint(config, workdir)
+  config.eval.boundary_tolerances = (0.0,)
+  with pytest.raises(UserError, match=r'eval.boundary_tolerances=\(0.0,\) must each be > 0'):
+    train.evaluate_checkpoint(config, workdir)
+
+
 def truncate_data_files(step_dir):
   """Halves every array data file (TensorStore's OCDBT `d/` files) of a checkpoint."""
   files = [os.path.join(d, f) for d, _, names in os.walk(step_dir) for f in names
