@@ -3,13 +3,14 @@
 # OS16 513² batch-16 bf16 step with its utilisation, and deeplabv3 ResNet-101 against
 # torchvision's best (bf16 autocast, channels_last, torch.compile) at the same settings.
 #
-#   bash benchmarks/gpu.sh OUTDIR        # an estimated 6-8 minutes on one H100 or H200
+#   bash benchmarks/gpu.sh OUTDIR        # an estimated 8-11 minutes on one H100 or H200
+#                                        # (SKIP_JPU=1: without the JPU comparison, 6-8)
 #
 # First it runs tests/test_cpu_kernels.py there (the CPU kernels against the plain path, both
 # computed on the GPU; log in OUTDIR/cpu_kernels_test.txt); it needs pytest, which travels as
 # wheels like ml_collections (below: pytest pluggy iniconfig packaging); without it the step says
 # so and is skipped (SKIP_TESTS=1 skips it too).
-# Each result is a JSON file in OUTDIR (peak.json, v3plus_r101.json, compare_r101.json) and
+# Each result is a JSON file in OUTDIR (peak.json, v3plus_r101.json, compare_r101.json, jpu.json) and
 # the whole log is OUTDIR/log.txt. It needs JAX with a GPU backend, flax, optax, absl,
 # ml_collections, and torch + torchvision for the comparison; not TensorFlow (the step
 # benchmark runs on a random batch). On a machine that lacks ml_collections and cannot reach
@@ -20,7 +21,8 @@
 #
 # and this script installs what .whl/ holds into a private folder before it starts.
 # CROP, BATCH, STEPS, OS, MODEL_DTYPE and PEAK_SIZE override the settings (a CPU dry run:
-# CROP=65 BATCH=2 STEPS=1 MODEL_DTYPE=float32 PEAK_SIZE=512 bash benchmarks/gpu.sh /tmp/dry).
+# CROP=65 BATCH=2 STEPS=1 MODEL_DTYPE=float32 PEAK_SIZE=512 JPU_CROP=65 JPU_WIDTH=0.125 \
+#   JPU_STEPS=1 bash benchmarks/gpu.sh /tmp/dry).
 # It exits non-zero when any step fails or prints no JSON object; the other steps still run.
 set -u -o pipefail
 out=${1:?usage: bash benchmarks/gpu.sh OUTDIR}
@@ -99,5 +101,11 @@ run v3plus_r101 $python benchmarks/train_step.py --config=configs/v3plus_voc.py:
   --num_classes=21 --steps="$steps" --warmup=3 --peak_tflops="$peak"
 run compare_r101 $python benchmarks/compare_torch.py --model=resnet101 --crop="$crop" \
   --batch="$batch" --output_stride="$os" --dtype="$dtype" --steps="$steps" --warmup=3
+# FastFCN's claim (issue 30): ResNet-50 + JPU against dilated ResNet-50 OS8, the same ASPP head,
+# at FastFCN's FPS protocol (512 x 512, batch 1, float32 forward); JPU_CROP etc. for a dry run.
+if [ "${SKIP_JPU:-0}" != 1 ]; then
+  run jpu $python benchmarks/jpu.py --crop="${JPU_CROP:-512}" --batch=1 \
+    --train_batch="${JPU_TRAIN_BATCH:-8}" --steps="${JPU_STEPS:-10}" --width="${JPU_WIDTH:-1.0}"
+fi
 date -u
 exit $failed

@@ -39,7 +39,6 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import config_flags
 
-from deeplab_jax import data
 from deeplab_jax.errors import UserError
 from deeplab_jax.models import fcn
 from deeplab_jax.models import layers
@@ -228,6 +227,8 @@ def feature_size(crop: Sequence[int], output_stride: int) -> Tuple[int, int]:
 
 
 def summarize(config, crop=None, with_receptive_field: bool = True) -> Dict[str, Any]:
+  # Imported here: the counts alone (benchmarks/jpu.py on an accelerator image) need no TFDS.
+  from deeplab_jax import data  # pylint: disable=g-import-not-at-top
   num_classes = data.num_classes(config.data)
   crop = tuple(crop or config.data.crop_size)
   model = registry.build_model(config.model, num_classes)
