@@ -18,14 +18,29 @@ backbone's learning rate; here one rate serves all (no per-module rates yet). It
 Gaussian blur to the augmentation, not done here.
 
 Variants: `fcn` (FCN's head, 2048 -> 512 -> classes, in place of the ASPP head), `r101`
-(ResNet-101), `smoke` (a tiny model the tests train for two steps).
+(ResNet-101), `smoke` (a tiny model the tests train for two steps), and `cpu` (with `dev`): the
+CamVid side-by-side's FastFCN, configs/v3plus_camvid.py:cpu's recipe, data, budget (1600 steps)
+and evaluation with this network in place of v3+: the same small ResNet-50 (2-2-3-2 units,
+x0.375) undilated with the deep stem at output stride 32, JPU (192 channels a branch), and the
+ASPP head at that recipe's rates doubled for stride 8 (6, 12, 18), 48 channels; the auxiliary
+head as above.
 """
 
 from configs import common
+from configs import v3plus_camvid
 
 
 def get_config(arg=None):
-  words = common.parse_variant(arg, {'fcn', 'r101', 'smoke'}, 'configs/fastfcn_ade20k.py')
+  words = common.parse_variant(arg, {'fcn', 'r101', 'smoke', 'cpu', 'dev'},
+                               'configs/fastfcn_ade20k.py')
+  for pair in ({'cpu', 'smoke'}, {'cpu', 'r101'}):
+    if pair <= words:
+      raise ValueError(f'configs/fastfcn_ade20k.py: "{min(pair)}" and "{max(pair)}" do not '
+                       'combine.')
+  if 'dev' in words and 'cpu' not in words:
+    raise ValueError('configs/fastfcn_ade20k.py: "dev" is a CamVid split: use it with "cpu".')
+  if 'cpu' in words:
+    return _camvid_cpu(words)
   config = common.get_base_config()
   config.data.name = 'ade20k'
   config.data.crop_size = (480, 480)
@@ -51,4 +66,20 @@ def get_config(arg=None):
   config.eval.image_size = (513, 513)
   if 'smoke' in words:
     common.make_smoke(config)
+  return config
+
+
+def _camvid_cpu(words):
+  """configs/v3plus_camvid.py:cpu with FastFCN's network (the module docstring)."""
+  config = v3plus_camvid.get_config('cpu,dev' if 'dev' in words else 'cpu')
+  config.model.name = 'deeplabv3'
+  config.model.backbone.beta_stem = True
+  config.model.backbone.multi_grid = (1, 1)  # block4's two units, undilated
+  config.model.output_stride = 32
+  config.model.neck = 'jpu'
+  config.model.context = 'fcn' if 'fcn' in words else 'aspp'
+  config.model.aspp.atrous_rates = (6, 12, 18)
+  config.model.aspp.output_conv = True
+  config.model.aux_head.endpoint = 'block3'
+  config.model.aux_head.loss_weight = 0.2
   return config

@@ -37,7 +37,7 @@ VARIANTS = {
     'fc_densenet_camvid': [None, '56', '67', 'finetune', 'dev', 'smoke', 'cpu,dev'],
     'unet_camvid': [None, 'same', 'dev', 'same,smoke', 'smoke', 'cpu,dev'],
     'fcn_voc': [None, 'fcn16s', 'fcn32s', 'atonce', 'learned', 'same', 'smoke'],
-    'fastfcn_ade20k': [None, 'fcn', 'r101', 'smoke'],
+    'fastfcn_ade20k': [None, 'fcn', 'r101', 'smoke', 'cpu', 'cpu,dev', 'cpu,fcn'],
 }
 # The family members and the variant a test trains for two steps on CPU.
 TINY = {n: next(a for a in v if a and 'smoke' in a) for n, v in VARIANTS.items()
@@ -106,7 +106,9 @@ def test_unknown_variant_is_named():
 @pytest.mark.parametrize('name, arg, message', [
     ('fc_densenet_camvid', '67,cpu', '"67" and "cpu" do not combine'),
     ('fc_densenet_camvid', 'cpu,smoke', '"cpu" and "smoke" do not combine'),
-    ('unet_camvid', 'cpu,smoke', '"cpu" and "smoke" do not combine')])
+    ('unet_camvid', 'cpu,smoke', '"cpu" and "smoke" do not combine'),
+    ('fastfcn_ade20k', 'cpu,r101', '"cpu" and "r101" do not combine'),
+    ('fastfcn_ade20k', 'dev', '"dev" is a CamVid split')])
 def test_variants_that_contradict_are_named(name, arg, message):
   with pytest.raises(ValueError, match=message):
     _load(name, arg)
