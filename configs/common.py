@@ -159,6 +159,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.optim.weight_decay = 1e-4
   config.optim.weight_decay_pattern = r'.*/kernel$'  # regex on 'a/b/kernel' parameter paths
   config.optim.grad_clip_norm = 0.0    # 0 = no clipping
+  # ((top-level module, factor), ...): the module trains at factor x the learning rate.
+  config.optim.lr_multipliers = ()
   # Weight EMA, in [0, 1), 0 = off: from the initial weights, ema = decay * ema + (1 - decay) * new
   # after each step (params and BatchNorm statistics, no debiasing); eval/predict/export use it.
   config.optim.ema_decay = 0.0

@@ -13,9 +13,10 @@ head: ASPP at the stride-8 rates (12, 24, 36) with image pooling, 256 channels, 
 training images (151,575 steps), crops of 480 from images scaled by 0.5 to 2.0, flips.
 What differs, and why: the official code scales each image's short side to a random length in
 [260, 1040] (0.5 to 2 x its base size 520); here each image is scaled by a random factor in
-[0.5, 2] of its own size, as every config here does. It trains the head and JPU at 10 x the
-backbone's learning rate; here one rate serves all (no per-module rates yet). It also adds
-Gaussian blur to the augmentation, not done here.
+[0.5, 2] of its own size, as every config here does; and its Gaussian-blur augmentation is not
+done here. The head, JPU and auxiliary head train at 10 x the backbone's rate, as the official
+code's parameter groups (`optim.lr_multipliers`; the backbone starts from ImageNet weights there:
+`init_from`, docs/weights.md).
 
 Variants: `fcn` (FCN's head, 2048 -> 512 -> classes, in place of the ASPP head), `r101`
 (ResNet-101), `smoke` (a tiny model the tests train for two steps), and `cpu` (with `dev`): the
@@ -23,7 +24,7 @@ CamVid side-by-side's FastFCN, configs/v3plus_camvid.py:cpu's recipe, data, budg
 and evaluation with this network in place of v3+: the same small ResNet-50 (2-2-3-2 units,
 x0.375) undilated with the deep stem at output stride 32, JPU (192 channels a branch), and the
 ASPP head at that recipe's rates doubled for stride 8 (6, 12, 18), 48 channels; the auxiliary
-head as above.
+head as above. Everything trains from scratch there, so one learning rate serves all modules.
 """
 
 from configs import common
@@ -58,6 +59,8 @@ def get_config(arg=None):
   config.model.aux_head.endpoint = 'block3'
   config.model.aux_head.loss_weight = 0.2
   config.optim.learning_rate = 0.01
+  head = ('fcn',) if 'fcn' in words else ('aspp', 'classifier')
+  config.optim.lr_multipliers = tuple((m, 10.0) for m in ('jpu', *head, 'aux_head'))
   config.optim.momentum = 0.9
   config.optim.weight_decay = 1e-4
   config.train.batch_size = 16

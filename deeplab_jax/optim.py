@@ -67,6 +67,9 @@ def make_optimizer(optim_config, num_steps: int,
 
   `freeze_batch_norm` (model.freeze_batch_norm_params): BatchNorm's scale and offset get no
   update at all, neither from the gradient nor from weight decay (`batch_norm_mask`).
+  `optim.lr_multipliers`, ((top-level module, factor), ...): that module's updates scaled by
+  the factor, as a PyTorch parameter group at factor x the learning rate (FastFCN's 10 on its
+  head and JPU): with SGD's momentum and weight decay the update is linear in the rate.
   """
   c = optim_config
   chain = []
@@ -86,6 +89,21 @@ def make_optimizer(optim_config, num_steps: int,
                                eps_in_sqrt=True))
   else:
     chain.append(optax.sgd(schedule, momentum=c.momentum or None, nesterov=c.nesterov))
+  multipliers = dict(c.lr_multipliers)
+  if any(not f > 0 for f in multipliers.values()):
+    raise UserError(f'optim.lr_multipliers={tuple(c.lr_multipliers)}: each factor must be > 0.')
+  if multipliers:
+
+    def module_labels(params):
+      unknown = sorted(set(multipliers) - set(params))
+      if unknown:
+        raise UserError(f'optim.lr_multipliers names {unknown}, not top-level modules of the '
+                        f'model, which has {sorted(params)}.')
+      return {k: jax.tree.map(lambda _, k=k: k if k in multipliers else '', v)
+              for k, v in params.items()}
+    chain.append(optax.multi_transform(
+        {'': optax.identity(), **{k: optax.scale(f) for k, f in multipliers.items()}},
+        module_labels))
   tx = optax.chain(*chain)
   if not freeze_batch_norm:
     return tx

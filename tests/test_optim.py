@@ -27,7 +27,7 @@ def optim_config(**changes):
       learning_rate=0.01, end_learning_rate=0.0, power=0.9, schedule='poly',
       decay_every_steps=2000, decay_factor=0.1, warmup_steps=0, momentum=0.9, nesterov=False,
       weight_decay=1e-4, weight_decay_pattern=r'.*/kernel$', grad_clip_norm=0.0,
-      optimizer='sgd', rmsprop_decay=0.9, rmsprop_eps=1e-6))
+      optimizer='sgd', rmsprop_decay=0.9, rmsprop_eps=1e-6, lr_multipliers=()))
   c.update(changes)
   return c
 
@@ -144,6 +144,34 @@ def test_momentum_and_clipping_by_hand():
                                          grad_clip_norm=1.0), 1000)
   clipped, _ = tx.update(grads, tx.init(params), params)
   np.testing.assert_allclose(clipped['w']['kernel'], [-0.06, -0.08], rtol=1e-6)
+
+
+def test_lr_multipliers_scale_a_modules_steps_by_hand():
+  """FastFCN's head and JPU at 10 x the rate: two SGD steps with momentum 0.9 and weight decay
+  1e-4 on a constant gradient give the head -10 lr (g + wd w), then with momentum, as a
+  parameter group at 10 lr would; the backbone keeps lr."""
+  w = jnp.array([1.0, -2.0])
+  params = {'backbone': {'kernel': w}, 'jpu': {'kernel': w}, 'aspp': {'bias': w}}
+  grads = jax.tree.map(lambda _: jnp.array([3.0, 4.0]), params)
+  c = optim_config(learning_rate=0.1, lr_multipliers=(('jpu', 10.0), ('aspp', 10.0)))
+  tx = optim.make_optimizer(c, 1000)
+  state = tx.init(params)
+  first, state = tx.update(grads, state, params)
+  second, _ = tx.update(grads, state, params)
+  g = np.array([3.0, 4.0])
+  decayed = g + 1e-4 * np.asarray(w)  # kernels only
+  lr1 = 0.1 * (1 - 1 / 1000) ** 0.9
+  np.testing.assert_allclose(first['backbone']['kernel'], -0.1 * decayed, rtol=1e-6)
+  np.testing.assert_allclose(first['jpu']['kernel'], -1.0 * decayed, rtol=1e-6)
+  np.testing.assert_allclose(first['aspp']['bias'], -1.0 * g, rtol=1e-6)
+  np.testing.assert_allclose(second['jpu']['kernel'], -10 * lr1 * 1.9 * decayed, rtol=1e-6)
+  np.testing.assert_allclose(second['backbone']['kernel'], -lr1 * 1.9 * decayed, rtol=1e-6)
+  tx = optim.make_optimizer(optim_config(lr_multipliers=(('head', 10.0),)), 1000)
+  with pytest.raises(UserError, match=r"optim.lr_multipliers names \['head'\], not top-level "
+                     r"modules of the model, which has \['aspp', 'backbone', 'jpu'\]"):
+    tx.init(params)
+  with pytest.raises(UserError, match='each factor must be > 0'):
+    optim.make_optimizer(optim_config(lr_multipliers=(('jpu', 0.0),)), 1000)
 
 
 def test_bad_weight_decay_pattern_is_named():
