@@ -47,6 +47,7 @@ def configs(crop: int, train_batch: int, width: float, dtype: str):
   for name in ('jpu', 'dilated'):
     config = fastfcn_ade20k.get_config()
     config.model.aux_head.endpoint = ''  # a training-only head: not part of the comparison
+    config.optim.lr_multipliers = ()  # one rate: the dilated side has no JPU to name
     config.model.width_multiplier = width
     config.model.dtype = dtype
     config.data.crop_size = (crop, crop)

@@ -95,6 +95,7 @@ def test_crf_benchmark_times_each_stage():
                          'smoothness columns', 'update', 'sum'}
 
 
+@pytest.mark.slow
 def test_jpu_benchmark_compares_the_two_backbones():
   """benchmarks/jpu.py on narrow networks at 65 x 65: both sides measured; the dilated side has
   the JPU side's parameters less JPU's own, and more multiply-adds in its backbone (blocks 3
