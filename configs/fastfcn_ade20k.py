@@ -47,17 +47,8 @@ def get_config(arg=None):
   config.data.crop_size = (480, 480)
   config.data.min_scale = 0.5
   config.data.max_scale = 2.0
-  config.model.name = 'deeplabv3'
   config.model.backbone.name = 'resnet101' if 'r101' in words else 'resnet50'
-  config.model.backbone.beta_stem = True      # the deep 3x3 stem
-  config.model.backbone.multi_grid = (1, 1, 1)  # no dilation anywhere in the backbone
-  config.model.output_stride = 32
-  config.model.neck = 'jpu'
-  config.model.context = 'fcn' if 'fcn' in words else 'aspp'
-  config.model.aspp.atrous_rates = (12, 24, 36)  # the head reads stride-8 features
-  config.model.aspp.output_conv = True
-  config.model.aux_head.endpoint = 'block3'
-  config.model.aux_head.loss_weight = 0.2
+  _fastfcn(config, words, rates=(12, 24, 36))  # the head reads stride-8 features
   config.optim.learning_rate = 0.01
   head = ('fcn',) if 'fcn' in words else ('aspp', 'classifier')
   config.optim.lr_multipliers = tuple((m, 10.0) for m in ('jpu', *head, 'aux_head'))
@@ -72,17 +63,24 @@ def get_config(arg=None):
   return config
 
 
-def _camvid_cpu(words):
-  """configs/v3plus_camvid.py:cpu with FastFCN's network (the module docstring)."""
-  config = v3plus_camvid.get_config('cpu,dev' if 'dev' in words else 'cpu')
+def _fastfcn(config, words, rates):
+  """FastFCN's network on config's ResNet: deep stem, undilated (multi-grid all 1) at output
+  stride 32, JPU, the ASPP head at `rates` with its 3x3 output conv (or FCN's head), and the
+  auxiliary head on block3 at weight 0.2."""
   config.model.name = 'deeplabv3'
   config.model.backbone.beta_stem = True
-  config.model.backbone.multi_grid = (1, 1)  # block4's two units, undilated
+  config.model.backbone.multi_grid = (1,) * len(config.model.backbone.multi_grid)
   config.model.output_stride = 32
   config.model.neck = 'jpu'
   config.model.context = 'fcn' if 'fcn' in words else 'aspp'
-  config.model.aspp.atrous_rates = (6, 12, 18)
+  config.model.aspp.atrous_rates = rates
   config.model.aspp.output_conv = True
   config.model.aux_head.endpoint = 'block3'
   config.model.aux_head.loss_weight = 0.2
+
+
+def _camvid_cpu(words):
+  """configs/v3plus_camvid.py:cpu with FastFCN's network (the module docstring)."""
+  config = v3plus_camvid.get_config('cpu,dev' if 'dev' in words else 'cpu')
+  _fastfcn(config, words, rates=(6, 12, 18))  # the recipe's (3, 6, 9) at stride 8
   return config

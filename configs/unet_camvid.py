@@ -7,10 +7,9 @@ The paper trains on large tiles at batch 1 with SGD momentum 0.99 (its figures a
 cell images, none on street scenes). Those two are kept; the rest is chosen here, not the
 paper's (it gives no learning rate or schedule): 356 x 468 crops of the 360 x 480 images (scaled
 by 0.75 to 1.25 and flipped; 16 t + 4 px, the sizes whose valid output is the crop itself;
-`same` crops 360 x 480),
-poly learning rate 1e-3 over 40k steps (about 110
-epochs; with momentum 0.99 each gradient moves the weights about as far as 0.01 at momentum 0.9)
-and weight decay 1e-4. The paper's weight map for touching cells has no counterpart here. With
+`same` crops 360 x 480), poly learning rate 1e-3 over 40k steps (about 110 epochs; with
+momentum 0.99 each gradient moves the weights about as far as 0.01 at momentum 0.9) and weight
+decay 1e-4. The paper's weight map for touching cells has no counterpart here. With
 valid convs the network reads 92 px of context around its input (overlap-tile): in training the
 crop's surroundings in the image, mirrored only past the image's border, and at evaluation the
 whole image mirrored past its border, so the logits cover the label; `same` pads every conv

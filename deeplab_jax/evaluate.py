@@ -207,14 +207,15 @@ def evaluate(config, state, eval_step, dataset, mesh, writer, workdir: str, step
   height = sharding.padded_height(config.eval.image_size[0], mesh,
                                   config.data.pad_height_multiple)
   confusion = np.zeros((dataset.num_classes,) * 2, np.int64)
-  boundary = 0.0
+  radii = boundary_radii(config)
+  boundary = np.zeros((len(radii), 2, dataset.num_classes))
   images_to_write = None
   for i, local in enumerate(batches):
     padded = sharding.pad_height(local, height, dataset.ignore_label)
     batch_counts, predictions = eval_step(state, sharding.to_global(mesh, padded))
     confusion += np.asarray(jax.device_get(batch_counts['confusion']), np.int64)
     if 'boundary_f' in batch_counts:
-      boundary = boundary + np.asarray(jax.device_get(batch_counts['boundary_f']), np.float64)
+      boundary += np.asarray(jax.device_get(batch_counts['boundary_f']), np.float64)
     if i == 0 and config.eval.num_images_to_write:
       predictions = _local_rows(predictions, mesh)
       n = min(config.eval.num_images_to_write, int(local['mask'].sum()))
@@ -229,8 +230,7 @@ def evaluate(config, state, eval_step, dataset, mesh, writer, workdir: str, step
             'confusion': confusion.tolist()}
   scalars = {f'{split}/miou': result['miou'], f'{split}/pixel_accuracy': result['pixel_accuracy']}
   scalars.update({f'{split}/iou/{k}': v for k, v in result['per_class_iou'].items()})
-  for radius, sums in zip(boundary_radii(config), np.reshape(boundary, (-1, 2, dataset.num_classes))
-                          if config.eval.boundary_tolerances else ()):
+  for radius, sums in zip(radii, boundary):
     scores = metrics.boundary_f_score(sums, dataset.class_names)
     result[f'boundary_f_{radius}px'] = scores['boundary_f']
     result[f'per_class_boundary_f_{radius}px'] = scores['per_class_boundary_f']

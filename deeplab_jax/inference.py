@@ -95,10 +95,11 @@ def pass_logits(model, variables, images, config):
   size = images.shape[1:3]
   window = tuple(e.window_size) or tuple(config.data.crop_size)
   apply_fn = lambda x: model.apply(variables, x, train=False)
-  tile = None
+  window_fn, tile = apply_fn, None
   if e.mode == 'sliding' and config.model.name == 'unet' and config.model.unet.padding == 'valid':
     # Overlap-tile inside the image too: each window reads its real surroundings.
     tiled = model.clone(given_context=True)
+    window_fn = lambda x: tiled.apply(variables, x, train=False)
     tile = (unet.VALID_MARGIN, unet.valid_input_size)
   for scale in e.scales:
     s = scale * e.input_scale
@@ -107,9 +108,7 @@ def pass_logits(model, variables, images, config):
     for flip in ((False, True) if e.flip else (False,)):
       x = scaled[:, :, ::-1] if flip else scaled
       if e.mode == 'sliding':
-        logits = sliding_window_logits(
-            (lambda v: tiled.apply(variables, v, train=False)) if tile else apply_fn, x, window,
-            e.window_overlap, tile)
+        logits = sliding_window_logits(window_fn, x, window, e.window_overlap, tile)
       else:
         logits = apply_fn(x)
       logits = logits[:, :, ::-1] if flip else logits
