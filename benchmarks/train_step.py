@@ -104,7 +104,8 @@ def setup(config, num_classes: int = 0) -> dict:
                                          config.train.top_k_percent_pixels,
                                          config.train.hard_example_mining_step,
                                          steps.class_weights(config, num_classes),
-                                         ema_decay=config.optim.ema_decay),
+                                         ema_decay=config.optim.ema_decay,
+                                         dual_task=steps.dual_task_loss(config)),
                     in_shardings=(state_shardings, None, sharding.replicated(mesh)),
                     out_shardings=(state_shardings, sharding.replicated(mesh)),
                     donate_argnums=0)

@@ -28,8 +28,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.data.min_scale = 0.5          # random scale range
   config.data.max_scale = 2.0
   config.data.flip = True              # random left-right flip
-  config.data.mean = (123.675, 116.28, 103.53)  # RGB, 0..255
-  config.data.std = (58.395, 57.12, 57.375)
+  # References: model.gscnn.image_mean/std follow whatever these are set to.
+  image_mean = ml_collections.FieldReference((123.675, 116.28, 103.53))
+  image_std = ml_collections.FieldReference((58.395, 57.12, 57.375))
+  config.data.mean = image_mean  # RGB, 0..255
+  config.data.std = image_std
   # Photometric jitter, each a maximum delta (0 = off): brightness in 0..255 units, contrast
   # and saturation as factors in [1 - x, 1 + x], hue as a fraction of the colour wheel.
   config.data.brightness = 0.0
@@ -142,6 +145,28 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.model.fc_densenet.growth = 0  # 0: the depth's (12 for 56, else 16)
   config.model.fc_densenet.first_features = 48
   config.model.fc_densenet.dropout_rate = 0.2
+  # Gated-SCNN (model.name='gscnn', a ResNet at output stride 8; models/gscnn.py): the ResNet
+  # endpoints standing for the paper's WideResNet-38 taps (configs/gscnn_cityscapes.py says why);
+  # its ASPP and decoder read model.aspp and model.decoder.
+  config.model.gscnn = ml_collections.ConfigDict()
+  config.model.gscnn.shape_endpoint = 'stem_stride2'
+  config.model.gscnn.side_endpoints = ('block1', 'block2', 'features')
+  config.model.gscnn.decoder_endpoint = 'stem_stride2'
+  config.model.gscnn.shape_features = (32, 16, 8)
+  config.model.gscnn.canny_thresholds = (10.0, 100.0)  # cv2.Canny's, on 0..255 intensities
+  # Canny reads the image's intensities: the model undoes data.normalize with these.
+  config.model.gscnn.image_mean = image_mean
+  config.model.gscnn.image_std = image_std
+  # The dual-task loss (losses.gscnn_losses): weights of the segmentation cross-entropy, the
+  # boundary BCE, the attention (<-) and consistency (->) regularisers, and their settings.
+  config.model.gscnn.loss = ml_collections.ConfigDict()
+  config.model.gscnn.loss.seg = 1.0
+  config.model.gscnn.loss.edge = 20.0
+  config.model.gscnn.loss.att = 1.0
+  config.model.gscnn.loss.dual = 1.0
+  config.model.gscnn.loss.boundary_radius = 2      # pixels of label boundary, each side
+  config.model.gscnn.loss.att_threshold = 0.8      # att: pixels where sigmoid(edge) > this
+  config.model.gscnn.loss.gumbel_tau = 0.5
 
   config.optim = ml_collections.ConfigDict()
   config.optim.learning_rate = 0.01

@@ -105,3 +105,127 @@ def median_frequency_weights(class_pixels, image_pixels, power: float = 1.0) -> 
     return np.zeros_like(freq)
   median = np.median(freq[present])
   return np.where(present, (median / np.where(present, freq, 1.0)) ** power, 0.0)
+
+
+# --------------------------------------------------------------------------- Gated-SCNN
+
+
+def label_boundaries(labels: jax.Array, ignore_label: int, radius: int = 2) -> jax.Array:
+  """Boundary pixels (bool [B, H, W]) of a label map: labelled pixels with a pixel of another
+  label (not `ignore_label`) within Euclidean distance `radius`.
+
+  Gated-SCNN's edge targets (its edge_utils, radius 2), with two differences: ignore pixels
+  make no boundary (they include the padding of crops), and the image's border is none (the
+  official code pads each class mask with zeros, which marks a band along every crop's edge).
+  """
+  h, w = labels.shape[1:3]
+  p = jnp.pad(labels, ((0, 0), (radius, radius), (radius, radius)), constant_values=ignore_label)
+  near_other = jnp.zeros(labels.shape, bool)
+  for dr in range(-radius, radius + 1):
+    for dc in range(-radius, radius + 1):
+      if dr * dr + dc * dc > radius * radius or (dr, dc) == (0, 0):
+        continue
+      q = p[:, radius + dr:radius + dr + h, radius + dc:radius + dc + w]
+      near_other = near_other | ((q != labels) & (q != ignore_label))
+  return near_other & (labels != ignore_label)
+
+
+def image_weighted_cross_entropy(logits: jax.Array, labels: jax.Array, ignore_label: int):
+  """Gated-SCNN's segmentation loss (its ImageBasedCrossEntropyLoss2d): each image's pixels
+  weighted by w_c = 1 + (1 - f_c) for the classes present in it (f_c: the class's fraction of
+  its labelled pixels; 1 for absent ones), a weighted mean per image, then the mean over the
+  images with labelled pixels (the official code sums over its one image per GPU, and the
+  GPUs average)."""
+  k = logits.shape[-1]
+  valid = labels != ignore_label
+  onehot = jax.nn.one_hot(jnp.where(valid, labels, 0), k, dtype=jnp.float32) * valid[..., None]
+  counts = jnp.sum(onehot, axis=(1, 2))                                     # [B, K]
+  freq = counts / jnp.maximum(jnp.sum(counts, axis=-1, keepdims=True), 1.0)
+  class_w = 1.0 + (counts > 0) * (1.0 - freq)
+  pixel_w = jnp.einsum('bhwk,bk->bhw', onehot, class_w)
+  nll = -jnp.sum(onehot * jax.nn.log_softmax(logits.astype(jnp.float32)), axis=-1)
+  per_image = jnp.sum(pixel_w * nll, axis=(1, 2)) / jnp.maximum(jnp.sum(pixel_w, axis=(1, 2)),
+                                                               _TINY)
+  has = jnp.any(valid, axis=(1, 2))
+  return jnp.sum(jnp.where(has, per_image, 0.0)) / jnp.maximum(jnp.sum(has), 1)
+
+
+def balanced_boundary_bce(edge_logits: jax.Array, boundary: jax.Array, valid: jax.Array):
+  """Class-balanced binary cross-entropy of the boundary logits [B, H, W] (one sigmoid: the
+  official code passes its already sigmoided output to a BCE with logits): boundary pixels
+  weighted by the fraction of non-boundary ones and the others by the boundary fraction,
+  counted over the batch's `valid` pixels, averaged over them."""
+  t = boundary.astype(jnp.float32)
+  v = valid.astype(jnp.float32)
+  pos, neg = jnp.sum(t * v), jnp.sum((1 - t) * v)
+  total = jnp.maximum(pos + neg, 1.0)
+  weight = v * jnp.where(boundary, neg / total, pos / total)
+  bce = optax.sigmoid_binary_cross_entropy(edge_logits.astype(jnp.float32), t)
+  return jnp.sum(weight * bce) / total
+
+
+def _triangle_smooth(x: jax.Array, r: int) -> jax.Array:
+  """Piotr Dollar's convTri over [B, H, W, K]: the separable triangle filter 1..r+1..1 /
+  (r + 1)^2, borders reflected (the official code's convTri)."""
+  f = jnp.asarray(list(range(1, r + 2)) + list(range(r, 0, -1)), jnp.float32) / (r + 1) ** 2
+  for axis in (1, 2):
+    pad = [(0, 0)] * 4
+    pad[axis] = (r, r)
+    p = jnp.pad(x, pad, mode='reflect')
+    n = x.shape[axis]
+    x = sum(f[i] * jax.lax.slice_in_dim(p, i, i + n, axis=axis) for i in range(2 * r + 1))
+  return x
+
+
+def gradient_magnitude(x: jax.Array, smooth: int = 4) -> jax.Array:
+  """Gated-SCNN's compute_grad_mag over [B, H, W, K], with the spatial derivative the official
+  code skips (its gradient_central_diff returns its input): triangle smoothing, central
+  differences (one-sided at the border), sqrt(gx^2 + gy^2 + 1e-6), divided by each image's
+  maximum (the official code's maximum is over its one image per GPU)."""
+  e = _triangle_smooth(x.astype(jnp.float32), smooth)
+  gy, gx = jnp.gradient(e, axis=(1, 2))
+  mag = jnp.sqrt(gx * gx + gy * gy + 1e-6)
+  return mag / jnp.max(mag, axis=(1, 2, 3), keepdims=True)
+
+
+def dual_task_consistency(logits: jax.Array, labels: jax.Array, ignore_label: int,
+                          uniform: jax.Array, tau: float = 0.5, eps: float = 1e-10):
+  """The boundary-consistency ("->") regulariser: |grad mag(Gumbel-softmax(logits, tau)) -
+  grad mag(one-hot labels)|, half averaged where the first is >= 1e-8 and half where the second
+  is, over labelled pixels and classes. `uniform`: samples in [0, 1) shaped like `logits`
+  (the Gumbel noise is -log(eps - log(uniform + eps)), the official code's). Ignore pixels
+  have zero logits and class 0, as the official code sets them, and count in neither mean."""
+  k = logits.shape[-1]
+  valid = (labels != ignore_label)[..., None]
+  z = jnp.where(valid, logits.astype(jnp.float32), 0.0)
+  gumbel = -jnp.log(eps - jnp.log(uniform + eps))
+  g = gradient_magnitude(jax.nn.softmax((z + gumbel) / tau, axis=-1))
+  g_hat = gradient_magnitude(jax.nn.one_hot(jnp.where(valid[..., 0], labels, 0), k))
+  diff = jnp.abs(g - g_hat)
+  terms = []
+  for m in (g, g_hat):
+    mask = jax.lax.stop_gradient((m >= 1e-8) & valid).astype(jnp.float32)
+    terms.append(jnp.sum(diff * mask) / (jnp.sum(mask) + eps))
+  return 0.5 * terms[0] + 0.5 * terms[1]
+
+
+def gscnn_losses(logits: jax.Array, edge_logits: jax.Array, labels: jax.Array, ignore_label: int,
+                 rng: jax.Array, loss_config) -> dict:
+  """Gated-SCNN's dual-task loss, each term already weighted (model.gscnn.loss's weights):
+  'seg' (image-weighted cross-entropy), 'edge' (balanced boundary BCE against
+  label_boundaries), 'att' (the cross-entropy on pixels where sigmoid(edge) > att_threshold)
+  and 'dual' (dual_task_consistency). The total is their sum."""
+  c = loss_config
+  edge_logits = edge_logits[..., 0]
+  valid = labels != ignore_label
+  boundary = label_boundaries(labels, ignore_label, c.boundary_radius)
+  sure = jax.lax.stop_gradient(jax.nn.sigmoid(edge_logits)) > c.att_threshold
+  uniform = jax.random.uniform(rng, logits.shape, jnp.float32)
+  return {
+      'seg': c.seg * image_weighted_cross_entropy(logits, labels, ignore_label),
+      'edge': c.edge * balanced_boundary_bce(edge_logits, boundary, valid),
+      'att': c.att * image_weighted_cross_entropy(
+          logits, jnp.where(sure, labels, ignore_label), ignore_label),
+      'dual': c.dual * dual_task_consistency(logits, labels, ignore_label, uniform,
+                                             c.gumbel_tau),
+  }

@@ -5,7 +5,8 @@ r"""Label maps and colour overlays for images, from a workdir's latest checkpoin
 
 For each image (PNG or JPEG; a folder is searched recursively) it writes
 `OUTPUT/<name>.png`, the label map in the data set's own format, and
-`OUTPUT/<name>_overlay.png`, the image beside the prediction's colours blended over it.
+`OUTPUT/<name>_overlay.png`, the image beside the prediction's colours blended over it, and for
+Gated-SCNN `OUTPUT/<name>_boundary.png`, its shape stream's boundary probability (0..255).
 Formats: Cityscapes label ids (what the official benchmark server takes), VOC palette
 PNGs, ADE20K 1..150 (0 = other), and class indices for every other data set. Inference
 follows config.eval (scales, flips, sliding windows, output stride, and the dense CRF when
@@ -135,16 +136,34 @@ class Predictor:
     self._log_probs = jax.jit(
         lambda v, x: inference.predict_log_probs(model, v, x, config))
     self.multiple = config.eval.output_stride or config.model.output_stride
+    self._boundary = None
+    if config.model.name == 'gscnn':  # one pass on the whole image, as the network trained
+      trained = registry.build_model(config.model, k)
+      self._boundary = jax.jit(lambda v, x: jax.nn.sigmoid(dict(
+          (n, t) for n, t, _ in trained.apply(v, x, train=False, return_aux=True)[1])['edge']))
 
-  def __call__(self, image: np.ndarray) -> np.ndarray:
-    """[H, W] class indices of a uint8 RGB image [H, W, 3] (after the dense CRF when
-    config.eval.crf.enabled)."""
+  def _normalised(self, image: np.ndarray) -> np.ndarray:
+    """[1, H', W', 3] float32: normalised, padded to a multiple of the output stride."""
     h, w = image.shape[:2]
     mean, std = np.asarray(self.config.data.mean), np.asarray(self.config.data.std)
     x = (image.astype(np.float32) - mean) / std
     ph, pw = (-h) % self.multiple, (-w) % self.multiple
     x = np.pad(x, ((0, ph), (0, pw), (0, 0)))  # zeros: the mean colour after normalising
-    log_probs = self._log_probs(self.variables, x[None].astype(np.float32))[0, :h, :w]
+    return x[None].astype(np.float32)
+
+  def boundary(self, image: np.ndarray):
+    """[H, W] boundary probabilities of Gated-SCNN's shape stream for a uint8 RGB image; None
+    for models without one."""
+    if self._boundary is None:
+      return None
+    h, w = image.shape[:2]
+    return np.asarray(self._boundary(self.variables, self._normalised(image)))[0, :h, :w, 0]
+
+  def __call__(self, image: np.ndarray) -> np.ndarray:
+    """[H, W] class indices of a uint8 RGB image [H, W, 3] (after the dense CRF when
+    config.eval.crf.enabled)."""
+    h, w = image.shape[:2]
+    log_probs = self._log_probs(self.variables, self._normalised(image))[0, :h, :w]
     if self.config.eval.crf.enabled:
       log_probs = dense_crf(image, log_probs, **evaluate.crf_params(self.config.eval.crf))
     return np.asarray(jnp.argmax(log_probs, axis=-1))
@@ -162,6 +181,10 @@ def predict_files(config, workdir: str, input_path: str, output_dir: str) -> Dic
     to_dataset_format(prediction, config.data.name).save(label_path)
     Image.fromarray(overlay(image, prediction, predictor.colors)).save(
         os.path.join(output_dir, f'{name}_overlay.png'))
+    edges = predictor.boundary(image)
+    if edges is not None:
+      Image.fromarray(np.round(edges * 255).astype(np.uint8)).save(
+          os.path.join(output_dir, f'{name}_boundary.png'))
     written[name] = label_path
   if not written:
     raise UserError(f'--input={input_path!r} holds no PNG or JPEG images.')

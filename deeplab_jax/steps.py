@@ -59,6 +59,10 @@ def validate_config(config) -> None:
   if config.train.hard_example_mining_step < 0:
     raise UserError(f'train.hard_example_mining_step={config.train.hard_example_mining_step} '
                     'must be >= 0.')
+  if config.model.name == 'gscnn' and (config.train.class_weights or
+                                       config.train.top_k_percent_pixels < 1):
+    raise UserError("model.name='gscnn' weights its cross-entropy per image (its dual-task "
+                    'loss); leave train.class_weights=() and train.top_k_percent_pixels=1.')
   weights = tuple(config.train.class_weights)
   if weights and (not all(math.isfinite(w) and w >= 0 for w in weights) or max(weights) <= 0):
     raise UserError(f'train.class_weights={weights} must be finite and >= 0, at least one > 0 '
@@ -99,14 +103,22 @@ def create_train_state(model, tx, config, mesh, rng):
   return jax.jit(init, out_shardings=shardings), abstract, shardings
 
 
+def dual_task_loss(config):
+  """config.model.gscnn.loss for Gated-SCNN (its dual-task loss), None for every other model."""
+  return config.model.gscnn.loss if config.model.name == 'gscnn' else None
+
+
 def make_train_step(model, tx, schedule, ignore_label: int, top_k_percent_pixels: float = 1.0,
                     hard_example_mining_step: int = 0, class_weights=None,
-                    ema_decay: float = 0.0):
+                    ema_decay: float = 0.0, dual_task=None):
   """One SGD step on a global batch; BatchNorm statistics are over the whole global batch.
   top_k_percent_pixels < 1: online hard example mining (see losses.hard_pixel_fraction);
   class_weights: a loss weight per class (see losses.pixel_cross_entropy), None for none;
   ema_decay > 0 (optim.ema_decay): the state's average of the weights moves towards the
-  updated ones (optim.ema_update); the step itself uses and updates the raw weights."""
+  updated ones (optim.ema_update); the step itself uses and updates the raw weights.
+  dual_task: Gated-SCNN's loss settings (dual_task_loss(config)): the loss is then
+  losses.gscnn_losses' sum over the logits and the model's 'edge' output, each term also
+  returned as `loss_<term>`."""
   def train_step(state, batch, rng):
     if state.tx is not tx:  # apply_gradients updates with the state's own optimizer
       raise ValueError('make_train_step: the state was created with another optimizer.')
@@ -122,15 +134,23 @@ def make_train_step(model, tx, schedule, ignore_label: int, top_k_percent_pixels
       (logits, extra), updates = model.apply(
           {'params': params, 'batch_stats': state.batch_stats}, batch['image'], train=True,
           return_aux=True, mutable=['batch_stats'], rngs={'dropout': dropout_rng})
+      batch_stats = updates.get('batch_stats', {})
+      if dual_task is not None:
+        terms = losses.gscnn_losses(logits, dict((n, t) for n, t, _ in extra)['edge'],
+                                    batch['label'], ignore_label,
+                                    jax.random.fold_in(dropout_rng, 1), dual_task)
+        count = jnp.sum(batch['label'] != ignore_label)
+        return sum(terms.values()), (batch_stats, count, terms)
       loss, count = losses.pixel_cross_entropy(logits, batch['label'], ignore_label, fraction,
                                                class_weights)
       # Extra losses: each input scale of a multi-scale model (v2), an auxiliary head.
       for _, extra_logits, weight in extra:
         loss = loss + weight * losses.pixel_cross_entropy(
             extra_logits, batch['label'], ignore_label, fraction, class_weights)[0]
-      return loss, (updates.get('batch_stats', {}), count)
+      return loss, (batch_stats, count, {})
 
-    (loss, (batch_stats, count)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, (batch_stats, count, terms)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.params)
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     if ema_decay > 0:
       new_state = new_state.replace(ema=optim.ema_update(
@@ -139,5 +159,6 @@ def make_train_step(model, tx, schedule, ignore_label: int, top_k_percent_pixels
     finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in
                                 jax.tree.leaves((new_state.params, new_state.batch_stats))]))
     return new_state, {'loss': loss, 'grad_norm': optax.tree.norm(grads), 'state_finite': finite,
-                       'learning_rate': schedule(state.step), 'labelled_pixels': count}
+                       'learning_rate': schedule(state.step), 'labelled_pixels': count,
+                       **{f'loss_{k}': v for k, v in terms.items()}}
   return train_step

@@ -80,8 +80,11 @@ TABLE_ROWS = (
     'configs/fc_densenet_camvid.py:cpu',
     'configs/fastfcn_ade20k.py',
     'configs/fastfcn_ade20k.py:fcn',
+    'configs/gscnn_cityscapes.py',
+    'configs/gscnn_cityscapes.py:cpu',
     'configs/quickstart.py',
 )
+GSCNN_HEAD = 'gated shape stream + aspp with edge branch + decoder'
 TABLE_COLUMNS = ('config', 'backbone', 'context', 'OS', 'crop', 'params', 'multiply-adds')
 
 
@@ -237,7 +240,8 @@ def summarize(config, crop=None, with_receptive_field: bool = True) -> Dict[str,
   whole = m.name in registry.WHOLE_MODELS  # one network: no backbone or context module
   result = {
       'model': m.name, 'backbone': None if whole else m.backbone.name,
-      'context': None if whole else m.context,
+      # Gated-SCNN has its own head (its ASPP reads model.aspp), whatever model.context says.
+      'context': None if whole else GSCNN_HEAD if m.name == 'gscnn' else m.context,
       'output_stride': m.output_stride, 'crop': list(crop), 'num_classes': num_classes,
       'params': count_params(model, crop), 'params_by_module': count_params_by_module(model, crop),
       'macs': macs, 'macs_by_module': by_module,

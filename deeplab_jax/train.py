@@ -202,7 +202,7 @@ def train_and_evaluate(config, workdir: str):
                             config.train.top_k_percent_pixels,
                             config.train.hard_example_mining_step,
                             steps.class_weights(config, setup.dataset.num_classes),
-                            config.optim.ema_decay),
+                            config.optim.ema_decay, steps.dual_task_loss(config)),
       in_shardings=(setup.state_shardings, None, sharding.replicated(setup.mesh)),
       out_shardings=(setup.state_shardings, sharding.replicated(setup.mesh)),
       donate_argnums=0)

@@ -38,6 +38,7 @@ VARIANTS = {
     'unet_camvid': [None, 'same', 'dev', 'same,smoke', 'smoke', 'cpu,dev'],
     'fcn_voc': [None, 'fcn16s', 'fcn32s', 'atonce', 'learned', 'same', 'smoke'],
     'fastfcn_ade20k': [None, 'fcn', 'r101', 'smoke', 'cpu', 'cpu,dev', 'cpu,fcn'],
+    'gscnn_cityscapes': [None, 'smoke', 'cpu', 'cpu,dev'],
 }
 # The family members and the variant a test trains for two steps on CPU.
 TINY = {n: next(a for a in v if a and 'smoke' in a) for n, v in VARIANTS.items()
@@ -76,7 +77,8 @@ def test_tiny_variant_trains(name):
   init, _, _ = steps.create_train_state(model, tx, config, mesh, jax.random.key(0))
   state = init(jax.random.key(0))
   start = jax.tree.map(np.asarray, state.params)
-  step = jax.jit(steps.make_train_step(model, tx, schedule, ignore_label=255))
+  step = jax.jit(steps.make_train_step(model, tx, schedule, ignore_label=255,
+                                       dual_task=steps.dual_task_loss(config)))
   h, w = config.data.crop_size
   images = jax.random.normal(jax.random.key(1), (2, h, w, 3))
   labels = jax.random.randint(jax.random.key(2), (2, h, w), 0, num_classes)
@@ -108,7 +110,9 @@ def test_unknown_variant_is_named():
     ('fc_densenet_camvid', 'cpu,smoke', '"cpu" and "smoke" do not combine'),
     ('unet_camvid', 'cpu,smoke', '"cpu" and "smoke" do not combine'),
     ('fastfcn_ade20k', 'cpu,r101', '"cpu" and "r101" do not combine'),
-    ('fastfcn_ade20k', 'dev', '"dev" is a CamVid split')])
+    ('fastfcn_ade20k', 'dev', '"dev" is a CamVid split'),
+    ('gscnn_cityscapes', 'cpu,smoke', '"cpu" and "smoke" do not combine'),
+    ('gscnn_cityscapes', 'dev', '"dev" is a CamVid split')])
 def test_variants_that_contradict_are_named(name, arg, message):
   with pytest.raises(ValueError, match=message):
     _load(name, arg)

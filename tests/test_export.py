@@ -106,12 +106,14 @@ def test_init_from_reads_a_workdirs_latest_checkpoint(workdir):
 
 @pytest.mark.parametrize('name,variant', [('fcn_voc', 'smoke'), ('unet_camvid', 'smoke,same'),
                                           ('unet_camvid', 'smoke'),
-                                          ('fc_densenet_camvid', 'smoke')])
+                                          ('fc_densenet_camvid', 'smoke'),
+                                          ('gscnn_cityscapes', 'smoke')])
 def test_whole_models_export_with_symbolic_sizes(name, variant, tmp_path):
   """FCN's reference padding and crops, U-Net's and FC-DenseNet's padding to their stride,
-  the valid U-Net's overlap-tile mirror and FC-DenseNet's cropped transposed convs, all traced
-  for any size: the artifact labels sizes that divide by no stride as predict does (37 rows:
-  less than U-Net's 92 px margin, so mirrored more than once)."""
+  the valid U-Net's overlap-tile mirror, FC-DenseNet's cropped transposed convs and
+  Gated-SCNN's Canny (a while_loop) and full-size shape stream, all traced for any size: the
+  artifact labels sizes that divide by no stride as predict does (37 rows: less than U-Net's
+  92 px margin, so mirrored more than once)."""
   config = importlib.import_module(f'configs.{name}').get_config(variant)
   config.eval.input_scale = 1.0
   path = str(tmp_path / 'workdir')

@@ -18,6 +18,7 @@ from deeplab_jax.errors import UserError
 from deeplab_jax.models import deeplab
 from deeplab_jax.models import fc_densenet
 from deeplab_jax.models import fcn
+from deeplab_jax.models import gscnn
 from deeplab_jax.models import mobilenet
 from deeplab_jax.models import resnet
 from deeplab_jax.models import strides
@@ -38,6 +39,7 @@ MODELS = {
     'deeplabv2': deeplab.from_config,
     'deeplabv3': deeplab.from_config,
     'deeplabv3plus': deeplab.from_config,
+    'gscnn': gscnn.from_config,
 }
 WHOLE_MODELS = {
     'fcn': fcn,
@@ -89,6 +91,9 @@ def at_output_stride(model_config: ml_collections.ConfigDict, output_stride: int
   if c.name in WHOLE_MODELS:
     raise UserError(f'{field}={output_stride}: model.name={c.name!r} has no atrous rates to '
                     f'rescale; it runs at its own output stride, {c.output_stride}.')
+  if c.name == 'gscnn':
+    raise UserError(f"{field}={output_stride}: model.name='gscnn' runs at output stride 8 only "
+                    '(its shape stream reads stride-4 and -8 features); leave it unset.')
   if c.neck != 'none':
     raise UserError(f'{field}={output_stride}: model.neck={c.neck!r} runs its backbone at output '
                     f'stride {c.output_stride} and upsamples to 8 itself; leave {field} unset.')

@@ -96,9 +96,9 @@ class ResNet(nn.Module):
     layout: one of LAYOUTS.
     extra_blocks: copies of block4 appended as blocks 5.. (cascaded DeepLabv3).
     width_multiplier: scales every channel count (tiny test models).
-  Returns a dict: `stem` (stride 4), `blockB_unitU` for every unit and `blockB_unitU_conv3` (its
-  residual branch before the shortcut is added), `block1`.. (the last unit of each block), and
-  `features` (the last block).
+  Returns a dict: `stem_stride2` (the stem's convs, before its max pool), `stem` (stride 4),
+  `blockB_unitU` for every unit and `blockB_unitU_conv3` (its residual branch before the
+  shortcut is added), `block1`.. (the last unit of each block), and `features` (the last block).
   """
   units: Sequence[int] = (3, 4, 6, 3)
   output_stride: int = 16
@@ -131,10 +131,11 @@ class ResNet(nn.Module):
       x = conv(w(128), 3, name='stem_conv3')(x)
     else:
       x = conv(w(64), 7, 2, name='stem_conv1')(x)
+    stride2 = x  # Gated-SCNN's stride-2 taps
     # TF-slim pools with TF's SAME padding: (0, 1) on even sizes, where PyTorch pads (1, 1).
     x = layers.max_pool(x, (3, 3), strides=(2, 2),
                         padding='SAME' if self.layout == 'tfslim' else ((1, 1), (1, 1)))
-    endpoints = {'stem': x}
+    endpoints = {'stem_stride2': stride2, 'stem': x}
     for b, block_plan in enumerate(plan):
       grid = multi_grid if b >= len(self.units) - 1 else (1,) * len(block_plan)
       filters = w(64 * 2**min(b, 3))
