@@ -152,7 +152,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.model.gscnn.shape_endpoint = 'stem_stride2'
   config.model.gscnn.side_endpoints = ('block1', 'block2', 'features')
   config.model.gscnn.decoder_endpoint = 'stem_stride2'
-  config.model.gscnn.shape_features = (32, 16, 8)
+  config.model.gscnn.shape_features = (32, 16, 8)  # the gated layers' widths (x width_multiplier)
   config.model.gscnn.canny_thresholds = (10.0, 100.0)  # cv2.Canny's, on 0..255 intensities
   # Canny reads the image's intensities: the model undoes data.normalize with these.
   config.model.gscnn.image_mean = image_mean

@@ -34,7 +34,8 @@ What differs, and why:
 Variants: `smoke` (a tiny model the tests train for two steps) and `cpu` (with `dev`): the CamVid
 side-by-side's Gated-SCNN, configs/v3plus_camvid.py:cpu's data, budget (1600 steps), schedule and
 evaluation with this network: the same small ResNet-50 (2-2-3-2 units, x0.375) at output stride 8,
-the ASPP at that recipe's rates doubled for stride 8 (6, 12, 18), 48-channel heads, and the
+the shape stream x0.375 too (gates of 12, 8 and 8 channels), the ASPP at that recipe's rates
+doubled for stride 8 (6, 12, 18), 48-channel heads, and the
 dual-task loss in place of that recipe's class weights and hard-pixel mining (Gated-SCNN weights
 classes per image itself).
 """

@@ -13,8 +13,8 @@ each workdir named (split, protocol, mIoU, pixel accuracy), for trials run by ha
 ground-truth pixel count (the confusion matrix's row sum): a rare class's IoU swings.
 --seeds takes runs of one recipe that differ only by seed: for each split and protocol that
 every run evaluated at its last step, the mean and sample standard deviation (n - 1) over the
-runs of mIoU and of each class's IoU (a class a run never saw nor predicted is left out of
-that class's mean).
+runs of mIoU, of the boundary F-scores where evaluated (eval.boundary_tolerances), and of each
+class's IoU (a class a run never saw nor predicted is left out of that class's mean).
 """
 
 import argparse
@@ -108,8 +108,14 @@ def seeds_table(workdirs) -> str:
     mious = [r['miou'] for r in rows]
     lines = [f'{key[0]}, {key[1]}, {len(rows)} runs (steps '
              f'{", ".join(str(r["step"]) for r in rows)}): mIoU {_mean_sd(mious, 4, " sd ")} ('
-             f'{", ".join(f"{m:.4f}" for m in mious)})', '',
-             '| class | IoU mean | IoU sd | pixels |', '|---|---|---|---|']
+             f'{", ".join(f"{m:.4f}" for m in mious)})']
+    # Boundary F-scores (eval.boundary_tolerances), one line per tolerance all runs have.
+    for name in [k for k in rows[0] if k.startswith('boundary_f_')
+                 and all(k in r for r in rows)]:
+      values = [r[name] for r in rows]
+      lines.append(f'{name}: {_mean_sd(values, 4, " sd ")} '
+                   f'({", ".join(f"{v:.4f}" for v in values)})')
+    lines += ['', '| class | IoU mean | IoU sd | pixels |', '|---|---|---|---|']
     counts = [sum(row) for row in rows[0]['confusion']]
     for i, name in enumerate(rows[0]['per_class_iou']):
       ious = [r['per_class_iou'][name] for r in rows if r['per_class_iou'][name] is not None]

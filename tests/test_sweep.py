@@ -110,7 +110,8 @@ def test_seeds_table_gives_mean_and_sample_sd(tmp_path, capsys):
     rows = [{'step': 5, 'split': 'dev', 'protocol': 'p', 'miou': 0.0, 'pixel_accuracy': 0.0,
              'per_class_iou': per_class, 'confusion': [[0, 0], [0, 0]]},
             {'step': 9, 'split': 'dev', 'protocol': 'p', 'miou': float(np.nanmean(ious[seed])),
-             'pixel_accuracy': 0.5, 'per_class_iou': per_class, 'confusion': [[6, 1], [2, 3]]}]
+             'pixel_accuracy': 0.5, 'per_class_iou': per_class, 'confusion': [[6, 1], [2, 3]],
+             'boundary_f_2px': 0.1 * (seed + 1), 'per_class_boundary_f_2px': per_class}]
     if seed == 0:                            # a protocol the other runs lack is left out
       rows.append(dict(rows[-1], protocol='p ema=0.9'))
     with open(workdir / 'evals.jsonl', 'w') as f:
@@ -121,6 +122,8 @@ def test_seeds_table_gives_mean_and_sample_sd(tmp_path, capsys):
   mious = np.nanmean(ious, axis=1)
   assert ('dev, p, 3 runs (steps 9, 9, 9): mIoU '
           f'{mious.mean():.4f} sd {mious.std(ddof=1):.4f}') in out
+  assert 'boundary_f_2px: 0.2000 sd 0.1000 (0.1000, 0.2000, 0.3000)' in out
+  assert 'per_class_boundary_f' not in out
   assert f'| a | {ious[:, 0].mean():.3f} | {ious[:, 0].std(ddof=1):.3f} | 7 |' in out
   b = ious[[0, 2], 1]
   assert f'| b | {b.mean():.3f} | {b.std(ddof=1):.3f} | 5 |' in out
