@@ -22,9 +22,11 @@ What differs, and why:
     m7 (4096 ch, 1/8; the third gate's and the ASPP's input) block4 (2048 ch, stride 8)
   ResNet has no features at full resolution: the stride-2 ones are upsampled, as the official
   code upsamples m1 anyway. Paper: 80.8 val mIoU with WideResNet-38 (ImageNet weights).
-- The official code's two bugs are fixed, as the paper describes the loss: its boundary BCE
-  applies the sigmoid twice (here once), and its consistency loss takes no spatial derivative
-  (its gradient_central_diff returns its input; here central differences).
+- The official code's bugs are fixed, as the paper describes the loss: its boundary BCE applies
+  the sigmoid twice (here once), and its consistency loss neither smooths nor differentiates
+  (its convTri and gradient_central_diff return their input; here a triangle filter of radius 4
+  and central differences), and its gradient magnitude has a floor of 1e-3 that makes a flat map
+  all boundary after normalising (here 0).
 - Canny reads the image's 0..255 intensities (the official code casts the normalised tensor to
   uint8) and gives 0/1, not 0/255; it runs in the graph (models/canny.py, equal to cv2.Canny).
 - Label boundaries skip ignore pixels and the crop's border (losses.label_boundaries says why).

@@ -166,26 +166,29 @@ def balanced_boundary_bce(edge_logits: jax.Array, boundary: jax.Array, valid: ja
 
 def _triangle_smooth(x: jax.Array, r: int) -> jax.Array:
   """Piotr Dollar's convTri over [B, H, W, K]: the separable triangle filter 1..r+1..1 /
-  (r + 1)^2, borders reflected (the official code's convTri)."""
+  (r + 1)^2, borders mirrored with the edge pixel repeated, as his toolbox pads."""
   f = jnp.asarray(list(range(1, r + 2)) + list(range(r, 0, -1)), jnp.float32) / (r + 1) ** 2
   for axis in (1, 2):
     pad = [(0, 0)] * 4
     pad[axis] = (r, r)
-    p = jnp.pad(x, pad, mode='reflect')
+    p = jnp.pad(x, pad, mode='symmetric')
     n = x.shape[axis]
     x = sum(f[i] * jax.lax.slice_in_dim(p, i, i + n, axis=axis) for i in range(2 * r + 1))
   return x
 
 
 def gradient_magnitude(x: jax.Array, smooth: int = 4) -> jax.Array:
-  """Gated-SCNN's compute_grad_mag over [B, H, W, K], with the spatial derivative the official
-  code skips (its gradient_central_diff returns its input): triangle smoothing, central
-  differences (one-sided at the border), sqrt(gx^2 + gy^2 + 1e-6), divided by each image's
-  maximum (the official code's maximum is over its one image per GPU)."""
+  """Gated-SCNN's compute_grad_mag over [B, H, W, K] as the paper describes it: triangle
+  smoothing, central differences (one-sided at the border), the magnitude divided by each
+  image's maximum (the official code's maximum is over its one image per GPU). The official
+  code does neither of the first two (its convTri and gradient_central_diff return their
+  input, so it compares sqrt(2 E^2 + 1e-6)). The magnitude is sqrt(gx^2 + gy^2 + 1e-6) - 1e-3:
+  differentiable at 0 and exactly 0 where the map is flat, so a crop of one class has no
+  boundary to match and the masks of dual_task_consistency keep only real boundary pixels."""
   e = _triangle_smooth(x.astype(jnp.float32), smooth)
   gy, gx = jnp.gradient(e, axis=(1, 2))
-  mag = jnp.sqrt(gx * gx + gy * gy + 1e-6)
-  return mag / jnp.max(mag, axis=(1, 2, 3), keepdims=True)
+  mag = jnp.sqrt(gx * gx + gy * gy + 1e-6) - 1e-3
+  return mag / jnp.maximum(jnp.max(mag, axis=(1, 2, 3), keepdims=True), 1e-6)
 
 
 def dual_task_consistency(logits: jax.Array, labels: jax.Array, ignore_label: int,

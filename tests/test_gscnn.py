@@ -117,12 +117,14 @@ def test_boundary_bce_is_balanced_with_one_sigmoid():
 
 
 def _grad_mag_numpy(x):
+  """Dollar's convTri (r = 4; scipy's 'reflect' repeats the edge pixel, as his toolbox pads),
+  central differences, the magnitude less its floor, over each image's maximum."""
   f = np.array([1, 2, 3, 4, 5, 4, 3, 2, 1], np.float64) / 25
-  e = ndimage.convolve1d(ndimage.convolve1d(x, f, axis=1, mode='mirror'), f, axis=2,
-                         mode='mirror')
+  e = ndimage.convolve1d(ndimage.convolve1d(x, f, axis=1, mode='reflect'), f, axis=2,
+                         mode='reflect')
   gy, gx = np.gradient(e, axis=(1, 2))
-  mag = np.sqrt(gx ** 2 + gy ** 2 + 1e-6)
-  return mag / mag.max(axis=(1, 2, 3), keepdims=True)
+  mag = np.sqrt(gx ** 2 + gy ** 2 + 1e-6) - 1e-3
+  return mag / np.maximum(mag.max(axis=(1, 2, 3), keepdims=True), 1e-6)
 
 
 def test_consistency_regulariser_takes_a_spatial_derivative():
@@ -147,17 +149,41 @@ def test_consistency_regulariser_takes_a_spatial_derivative():
   want = sum(0.5 * np.sum(diff * ((m >= 1e-8) & valid)) / (np.sum((m >= 1e-8) & valid) + 1e-10)
              for m in (g, g_hat))
   np.testing.assert_allclose(got, want, rtol=1e-4)
-  # A derivative: a constant map has none (the official no-op version gives |E| / max |E|), and
-  # a label map's gradient lies on its boundary.
+  # A derivative: a constant map has none (the official no-op version gives |E| / max |E|, 1
+  # everywhere), and a label map's gradient lies on its boundary only.
   flat = np.asarray(losses.gradient_magnitude(jnp.ones((1, 20, 24, 1)) * 3.0))
-  np.testing.assert_allclose(flat, 1.0)  # sqrt(1e-6) everywhere, divided by its maximum
+  np.testing.assert_allclose(flat, 0.0, atol=1e-6)
   mag = np.asarray(losses.gradient_magnitude(jnp.asarray(np.eye(2)[labels[:1] % 2])))[0, ..., 0]
-  assert mag[:, 10:14].min() > 0.5 and mag[:, :4].max() < 0.01
+  assert mag[:, 10:14].min() > 0.5 and mag[:, :4].max() < 1e-6
+  # A crop of one class: no boundary in the labels, none to match once the logits agree.
+  one = np.zeros((1, 20, 24), np.int32)
+  assert float(losses.dual_task_consistency(jnp.asarray(np.eye(k)[one] * 30), jnp.asarray(one),
+                                            IGNORE, jnp.asarray(uniform[:1]))) < 1e-3
   # Logits that are the labels (scaled) nearly cancel the loss; shuffled ones do not.
   onehot = np.eye(k)[np.where(valid[..., 0], labels, 0)] * 30
   near = float(losses.dual_task_consistency(jnp.asarray(onehot), jnp.asarray(labels), IGNORE,
                                             jnp.asarray(uniform)))
   assert near < 0.02 < got
+
+
+def test_attention_regulariser_reads_confident_boundary_pixels_only():
+  rng = np.random.default_rng(7)
+  logits = jnp.asarray(rng.normal(size=(2, 6, 8, 3)).astype(np.float32))
+  labels = jnp.asarray(rng.integers(0, 3, (2, 6, 8)))
+  # Boundary probabilities just above and below 0.8 (logit(0.8) = 1.386).
+  edge = rng.choice([1.3, 1.5], size=(2, 6, 8, 1)).astype(np.float32)
+  loss_config = _config().model.gscnn.loss
+
+  def att(logits, edge):
+    return losses.gscnn_losses(logits, edge, labels, IGNORE, jax.random.key(0), loss_config)['att']
+
+  masked = np.where(edge[..., 0] > 1.386, np.asarray(labels), IGNORE)
+  np.testing.assert_allclose(
+      float(att(logits, jnp.asarray(edge))),
+      float(losses.image_weighted_cross_entropy(logits, jnp.asarray(masked), IGNORE)), rtol=1e-6)
+  # The mask is a choice of pixels, not a path for the gradient into the boundary logits.
+  d_logits, d_edge = jax.grad(att, argnums=(0, 1))(logits, jnp.asarray(edge))
+  assert np.abs(np.asarray(d_logits)).max() > 0 and not np.any(np.asarray(d_edge))
 
 
 def test_gated_conv_against_numpy():

@@ -15,7 +15,8 @@ Which ResNet features stand for the paper's taps (WideResNet-38's m1 at full res
 1/2, m3 at 1/4, m4 at 1/8 and m7 with 4096 channels) is configs/gscnn_cityscapes.py's docstring;
 `model.gscnn.*_endpoint` chooses them. `__call__(images, train, return_aux=True)` also returns
 the boundary logits as ('edge', [B, H, W, 1], weight) for the dual-task loss (losses.py) and
-`predict`; every resize is bilinear with aligned corners, as the official code's.
+`predict`; every resize is bilinear with aligned corners but the logits' last one, as the
+official code's.
 """
 
 import functools
@@ -150,7 +151,8 @@ class GSCNN(nn.Module):
       y = dec(name='decoder_conv1')(y)
       y = dec(name='decoder_conv2')(y)
       y = conv(self.num_classes, (1, 1), use_bias=False, name='classifier')(y)
-      logits = _resize(y.astype(jnp.float32), size)
+      # The official code's last resize (to the input) is its only one with corners unaligned.
+      logits = layers.resize_bilinear(y.astype(jnp.float32), size, align_corners=False)
       if not return_aux:
         return logits
       return logits, [('edge', edge_logits, self.edge_loss_weight)]
