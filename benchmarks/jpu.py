@@ -41,7 +41,7 @@ FLAGS = flags.FLAGS
 NUM_CLASSES = 150
 
 
-def configs(crop: int, train_batch: int, width: float, dtype: str):
+def configs(crop: int, train_batch: int, width: float, dtype: str, units=()):
   """{'jpu': config, 'dilated': config}, identical but for the neck and the output stride."""
   out = {}
   for name in ('jpu', 'dilated'):
@@ -50,6 +50,9 @@ def configs(crop: int, train_batch: int, width: float, dtype: str):
     config.optim.lr_multipliers = ()  # one rate: the dilated side has no JPU to name
     config.model.width_multiplier = width
     config.model.dtype = dtype
+    if units:  # a shallow dry run
+      config.model.backbone.units = tuple(units)
+      config.model.backbone.multi_grid = (1,) * units[-1]
     config.data.crop_size = (crop, crop)
     config.train.batch_size = train_batch
     if name == 'dilated':
@@ -76,10 +79,12 @@ def forward_seconds(config, batch: int, steps: int) -> float:
 
 
 def compare(crop: int, batch: int, train_batch: int, steps: int, width: float = 1.0,
-            dtype: str = 'float32') -> dict:
+            dtype: str = 'float32', units=()) -> dict:
   result = {'crop': crop, 'batch': batch, 'train_batch': train_batch, 'width': width,
             'dtype': dtype, 'device': str(jax.devices()[0].device_kind)}
-  for name, config in configs(crop, train_batch, width, dtype).items():
+  if units:
+    result['units'] = list(units)
+  for name, config in configs(crop, train_batch, width, dtype, units).items():
     model = registry.build_model(config.model, NUM_CLASSES)
     macs, by_module = summary.count_macs(model, (crop, crop))
     step = train_step.benchmark(config, steps=steps, warmup=1, num_classes=NUM_CLASSES)
@@ -102,7 +107,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   host_memory.configure('auto')  # as deeplab_jax.main does on the CPU
   print(json.dumps(compare(FLAGS.crop, FLAGS.batch, FLAGS.train_batch, FLAGS.steps, FLAGS.width,
-                           FLAGS.dtype), indent=1))
+                           FLAGS.dtype, tuple(int(u) for u in FLAGS.units)), indent=1))
 
 
 if __name__ == '__main__':
@@ -112,5 +117,7 @@ if __name__ == '__main__':
   flags.DEFINE_integer('train_batch', 2, 'Images per training step.')
   flags.DEFINE_integer('steps', 5, 'Timed runs of each (after one untimed).')
   flags.DEFINE_float('width', 1.0, 'model.width_multiplier (below 1: a narrow dry run).')
+  flags.DEFINE_list('units', [], 'ResNet units per block (empty: ResNet-50\'s 3,4,6,3); '
+                    '1,1,1,1 with --width: a quick dry run.')
   flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'model.dtype.')
   app.run(main)

@@ -39,7 +39,8 @@ def test_train_step_benchmark_counts_the_steps_flops_and_memory(cache_dir):
 @pytest.mark.parametrize('script, args', [
     ('train_step.py', ['--config=configs/quickstart.py:smoke', '--num_classes=5', '--steps=1',
                        '--warmup=0']),
-    ('jpu.py', ['--crop=33', '--width=0.0625', '--train_batch=8', '--steps=1'])])
+    ('jpu.py', ['--crop=33', '--width=0.0625', '--units=1,1,1,1', '--train_batch=8',
+                '--steps=1'])])
 def test_gpu_benchmarks_need_no_tensorflow(subprocess_env, script, args):
   """The lent GPU machine has JAX, flax and optax but no TensorFlow, TFDS or clu, and
   TensorFlow is too large to carry there: the step benchmark (with --num_classes) and the JPU
