@@ -72,12 +72,6 @@ class DeepLab(nn.Module):
   cpu_kernels: bool = True
   dtype: Any = jnp.float32
 
-  def _endpoint(self, endpoints, name, field):
-    if name not in endpoints:
-      raise UserError(f'{field}={name!r} is not an endpoint of the backbone; it has '
-                      f'{sorted(endpoints)}.')
-    return endpoints[name]
-
   @nn.compact
   def __call__(self, images, train: bool = False, return_aux: bool = False):
     # Every layer traced in this block reads the switch (see cpu_kernels.active).
@@ -98,11 +92,11 @@ class DeepLab(nn.Module):
 
       def forward(x, with_aux):
         endpoints = backbone(x, train=train)
-        low_level = (self._endpoint(endpoints, self.low_level_endpoint,
-                                    'model.decoder.low_level_endpoint') if decoder else None)
+        low_level = (endpoint(endpoints, self.low_level_endpoint,
+                              'model.decoder.low_level_endpoint') if decoder else None)
         y = endpoints['features']
         if neck is not None:
-          y = neck(tuple(self._endpoint(endpoints, e, 'model.jpu.endpoints')
+          y = neck(tuple(endpoint(endpoints, e, 'model.jpu.endpoints')
                          for e in self.neck_endpoints), train=train)
         if context is not None:
           y = context(y, train=train)
@@ -112,7 +106,7 @@ class DeepLab(nn.Module):
           y = classifier(y)
         aux = None
         if aux_head is not None and with_aux:
-          aux = aux_head(self._endpoint(endpoints, self.aux_endpoint, 'model.aux_head.endpoint'),
+          aux = aux_head(endpoint(endpoints, self.aux_endpoint, 'model.aux_head.endpoint'),
                          train=train)
         return y, aux
 
@@ -140,6 +134,14 @@ class DeepLab(nn.Module):
       if aux is not None:
         extra.append(('aux_head', aux, self.aux_loss_weight))
       return logits, extra
+
+
+def endpoint(endpoints, name: str, field: str):
+  """The backbone's endpoint `name`; a one-line error naming the config `field` otherwise."""
+  if name not in endpoints:
+    raise UserError(f'{field}={name!r} is not an endpoint of the backbone; it has '
+                    f'{sorted(endpoints)}.')
+  return endpoints[name]
 
 
 def _choice(value, valid, field):

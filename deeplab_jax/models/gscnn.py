@@ -14,7 +14,7 @@
 Which ResNet features stand for the paper's taps (WideResNet-38's m1 at full resolution, m2 at
 1/2, m3 at 1/4, m4 at 1/8 and m7 with 4096 channels) is configs/gscnn_cityscapes.py's docstring;
 `model.gscnn.*_endpoint` chooses them. `__call__(images, train, return_aux=True)` also returns
-the boundary logits as ('edge', [B, H, W, 1], weight) for the dual-task loss (losses.py) and
+the boundary logits as ('edge', [B, H, W, 1], None) for the dual-task loss (losses.py) and
 `predict`; every resize is bilinear with aligned corners but the logits' last one, as the
 official code's.
 """
@@ -83,18 +83,11 @@ class GSCNN(nn.Module):
   canny_thresholds: Sequence[float] = (10.0, 100.0)
   image_mean: Sequence[float] = (123.675, 116.28, 103.53)
   image_std: Sequence[float] = (58.395, 57.12, 57.375)
-  edge_loss_weight: float = 20.0
   bn_momentum: float = 0.99
   bn_epsilon: float = 1e-5
   fine_tune_batch_norm: bool = True
   cpu_kernels: bool = True
   dtype: Any = jnp.float32
-
-  def _endpoint(self, endpoints, name, field):
-    if name not in endpoints:
-      raise UserError(f'{field}={name!r} is not an endpoint of the backbone; it has '
-                      f'{sorted(endpoints)}.')
-    return endpoints[name]
 
   def image_edges(self, images):
     """Canny edges (float 0/1, [B, H, W, 1]) of the normalised `images`, from their 0..255
@@ -115,10 +108,10 @@ class GSCNN(nn.Module):
           images.astype(self.dtype), train=train)
       field = 'model.gscnn.side_endpoints'
       sides = [_resize(conv(1, (1, 1), name=f'side{i + 1}')(
-          self._endpoint(endpoints, e, field)), size) for i, e in enumerate(self.side_endpoints)]
+          deeplab.endpoint(endpoints, e, field)), size) for i, e in enumerate(self.side_endpoints)]
 
       # Shape stream, at the input's size.
-      s = _resize(self._endpoint(endpoints, self.shape_endpoint, 'model.gscnn.shape_endpoint'),
+      s = _resize(deeplab.endpoint(endpoints, self.shape_endpoint, 'model.gscnn.shape_endpoint'),
                   size)
       for i, (width, side) in enumerate(zip(self.shape_features, sides)):
         s = BasicBlock(norm=norm, dtype=self.dtype, name=f'shape_res{i + 1}')(s)
@@ -130,7 +123,7 @@ class GSCNN(nn.Module):
           fused.astype(self.dtype)))
 
       # ASPP with the edge branch, on the last features.
-      x = self._endpoint(endpoints, self.side_endpoints[-1], field)
+      x = deeplab.endpoint(endpoints, self.side_endpoints[-1], field)
       cbr = functools.partial(layers.ConvBN, self.aspp_features, norm=norm, dtype=self.dtype)
       branches = []
       if self.image_pooling:
@@ -144,7 +137,7 @@ class GSCNN(nn.Module):
           jnp.concatenate(branches, axis=-1))
 
       # Decoder on the stride-2 features.
-      low = self._endpoint(endpoints, self.decoder_endpoint, 'model.gscnn.decoder_endpoint')
+      low = deeplab.endpoint(endpoints, self.decoder_endpoint, 'model.gscnn.decoder_endpoint')
       low = conv(self.low_level_features, (1, 1), use_bias=False, name='decoder_low_level')(low)
       y = jnp.concatenate([low, _resize(y, low.shape[1:3]).astype(low.dtype)], axis=-1)
       dec = functools.partial(layers.ConvBN, self.decoder_features, 3, norm=norm, dtype=self.dtype)
@@ -155,7 +148,8 @@ class GSCNN(nn.Module):
       logits = layers.resize_bilinear(y.astype(jnp.float32), size, align_corners=False)
       if not return_aux:
         return logits
-      return logits, [('edge', edge_logits, self.edge_loss_weight)]
+      # Its weight is the dual-task loss's (model.gscnn.loss.edge, losses.gscnn_losses).
+      return logits, [('edge', edge_logits, None)]
 
 
 def from_config(model_config: ml_collections.ConfigDict, num_classes: int,
@@ -195,7 +189,7 @@ def from_config(model_config: ml_collections.ConfigDict, num_classes: int,
                low_level_features=width(c.decoder.low_level_features),
                decoder_features=width(c.decoder.features),
                canny_thresholds=(float(low), float(high)), image_mean=tuple(g.image_mean),
-               image_std=tuple(g.image_std), edge_loss_weight=g.loss.edge,
+               image_std=tuple(g.image_std),
                bn_momentum=c.bn_momentum, bn_epsilon=c.bn_epsilon,
                fine_tune_batch_norm=c.fine_tune_batch_norm, cpu_kernels=c.cpu_kernels,
                dtype=deeplab.DTYPES[c.dtype])
