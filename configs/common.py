@@ -224,6 +224,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   # and 12 px at 1024 x 2048: (0.00131, 0.00218, 0.00393, 0.00524).
   config.eval.boundary_tolerances = ()
   config.eval.output_stride = 0        # 0 = the model's; 8 evaluates an OS16 model at OS8
+  # Each image's per-class pixel counts in WORKDIR/per_image/, for launch/summarize.py's
+  # bootstrap intervals over images and seeds.
+  config.eval.per_image_counts = True
   config.eval.poll_seconds = 10        # eval_continuous: how often to look for checkpoints
   config.eval.wait_seconds = 3600      # eval_continuous: give up after this long without one
   config.eval.num_images_to_write = 4  # input | ground truth | prediction panels per evaluation

@@ -22,6 +22,32 @@ def confusion_matrix(labels: jax.Array, predictions: jax.Array, num_classes: int
   return counts.reshape(num_classes, num_classes)
 
 
+def per_image_counts(labels: jax.Array, predictions: jax.Array, num_classes: int) -> jax.Array:
+  """[B, 3, K] int32 per image and class: ground-truth pixels, predicted pixels and their
+  intersection, over the pixels whose label is in [0, K) (the confusion matrix's pixels: its
+  row sums, column sums and diagonal, one image at a time). Union = the first two - the third."""
+  b = labels.shape[0]
+  labels = labels.reshape(b, -1)
+  predictions = predictions.reshape(b, -1)
+  valid = ((labels >= 0) & (labels < num_classes)).astype(jnp.int32)
+  row = jnp.arange(b)[:, None] * num_classes
+  bins = lambda index, weight: jnp.zeros(b * num_classes, jnp.int32).at[
+      (row + jnp.where(weight > 0, index, 0)).reshape(-1)].add(weight.reshape(-1))
+  truth = bins(labels, valid)
+  predicted = bins(predictions, valid)
+  both = bins(labels, valid * (labels == predictions))
+  return jnp.stack([truth, predicted, both], 0).reshape(3, b, num_classes).transpose(1, 0, 2)
+
+
+def miou_from_counts(counts: np.ndarray) -> float:
+  """mIoU of per_image_counts [N, 3, K] added over their images, as `summarize` gives it from
+  the confusion matrix (classes with an empty union left out)."""
+  truth, predicted, both = np.asarray(counts, np.int64).sum(0)
+  union = truth + predicted - both
+  with np.errstate(invalid='ignore', divide='ignore'):
+    return float(np.nanmean(np.where(union > 0, both / union, np.nan)))
+
+
 def summarize(confusion: np.ndarray, class_names: Sequence[str]) -> Dict:
   """mIoU over classes present in the ground truth or predictions, per-class IoU, pixel accuracy.
 

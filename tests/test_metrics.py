@@ -2,6 +2,7 @@
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from deeplab_jax import losses
 from deeplab_jax import metrics
@@ -47,3 +48,28 @@ def test_cross_entropy_ignores_ignore_label():
   loss, count = losses.pixel_cross_entropy(logits, labels, 255)
   expected = np.mean([np.log1p(np.exp(-2.0)), np.log1p(np.exp(-3.0))])
   assert int(count) == 2 and np.isclose(float(loss), expected, atol=1e-6)
+
+
+def test_per_image_counts_match_numpy_and_add_up_to_the_split():
+  """Each image's ground-truth, predicted and intersecting pixels per class, counted over the
+  pixels with a real label (ignore 255 and a stray -1 count nothing, a prediction there too);
+  added over images they give mIoU as the confusion matrix does."""
+  rng = np.random.default_rng(3)
+  k = 5
+  labels = rng.integers(0, k, (4, 7, 9))
+  labels[rng.random(labels.shape) < 0.2] = 255
+  labels[0, 0, 0] = -1
+  labels[2] = 255                                 # an image with nothing labelled
+  predictions = rng.integers(0, k, labels.shape)
+  counts = np.asarray(metrics.per_image_counts(jnp.asarray(labels), jnp.asarray(predictions), k))
+  assert counts.shape == (4, 3, k) and counts.dtype == np.int32
+  for b in range(4):
+    for c in range(k):
+      keep = (labels[b] >= 0) & (labels[b] < k)
+      assert counts[b, 0, c] == np.sum(keep & (labels[b] == c))
+      assert counts[b, 1, c] == np.sum(keep & (predictions[b] == c))
+      assert counts[b, 2, c] == np.sum(keep & (labels[b] == c) & (predictions[b] == c))
+  assert not counts[2].any()
+  expected, _, _ = numpy_miou(np.where(labels < 0, 255, labels), predictions, k, 255)
+  assert metrics.miou_from_counts(counts) == pytest.approx(expected)
+  assert metrics.miou_from_counts(counts[[0, 1, 3]]) == pytest.approx(expected)

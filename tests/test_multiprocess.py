@@ -1,6 +1,7 @@
 """Several processes on 127.0.0.1 (jax.distributed, gloo) train the same steps as one process,
 their checkpoint resumes in one process, and a dead or frozen peer stops the others."""
 
+import json
 import os
 import re
 import shutil
@@ -10,7 +11,10 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
+
+from deeplab_jax import evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,6 +49,14 @@ def test_two_processes_agree_with_one(tmp_path, cache_dir, subprocess_env):
   many, evals_many = run(2, 1, workdir, cache_dir, subprocess_env())
   assert sorted(many) == [1, 2, 3, 4], many
   miou = lambda s: float(re.search(r'"miou": ([0-9.]+)', s).group(1))
+  # Each image's counts, gathered from both processes, in the split's order (both processes
+  # take their own share of the split), add up to the confusion matrix.
+  row = json.loads(evals_many.splitlines()[-1])
+  index, counts = evaluate.read_per_image_counts(str(workdir), row)
+  confusion = np.asarray(row['confusion'])
+  np.testing.assert_array_equal(index, np.arange(200))
+  np.testing.assert_array_equal(counts.sum(0), [confusion.sum(1), confusion.sum(0),
+                                                np.diag(confusion)])
   shutil.rmtree(workdir / 'checkpoints' / '4')
   os.remove(workdir / 'evals.jsonl')
   resumed, evals_one = run(1, 2, workdir, cache_dir, subprocess_env())

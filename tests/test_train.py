@@ -18,6 +18,8 @@ import pytest
 
 from configs import quickstart
 from deeplab_jax import data
+from deeplab_jax import evaluate as evaluate_lib
+from deeplab_jax import metrics
 from deeplab_jax import optim
 from deeplab_jax import sharding
 from deeplab_jax import steps
@@ -135,6 +137,34 @@ def test_eval_mode_and_other_split(tmp_path, cache_dir, two_steps):
   config.eval.split = 'test'
   with pytest.raises(UserError, match=r"eval.split='test' is not a split of this data set"):
     train.evaluate_checkpoint(config, workdir)
+
+
+def test_per_image_counts_are_the_splits_images_in_order(tmp_path, cache_dir, two_steps):
+  """eval.per_image_counts: each evaluation keeps every image of the split once, in order,
+  and their counts add up to the line's confusion matrix, through the jitted step and the
+  CRF's host path alike; turned off, nothing is written."""
+  workdir = str(tmp_path / 'w')
+  shutil.copytree(two_steps, workdir)
+  config = smoke_config(cache_dir)
+  config.eval.batch_size = 24  # the split's 200 images leave 16 padded examples at the end
+  for crf in (False, True):
+    config.eval.crf.enabled = crf
+    config.eval.crf.iterations = 1
+    row = train.evaluate_checkpoint(config, workdir)
+    assert row['per_image_counts'].startswith('per_image/val_step2_')
+    index, counts = evaluate_lib.read_per_image_counts(workdir, row)
+    confusion = np.asarray(row['confusion'])
+    np.testing.assert_array_equal(index, np.arange(len(index)))
+    np.testing.assert_array_equal(counts.sum(0), [confusion.sum(1), confusion.sum(0),
+                                                  np.diag(confusion)])
+    assert metrics.miou_from_counts(counts) == pytest.approx(row['miou'])
+  lines = [json.loads(l) for l in open(os.path.join(workdir, 'evals.jsonl'))]
+  assert len({l['per_image_counts'] for l in lines if 'per_image_counts' in l}) == 2
+  assert len(index) == 200
+  config.eval.per_image_counts = False
+  config.eval.flip = True
+  assert 'per_image_counts' not in train.evaluate_checkpoint(config, workdir)
+  assert len(os.listdir(os.path.join(workdir, 'per_image'))) == 2
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, cache_dir,

@@ -172,8 +172,9 @@ def _decode_split(source, decode, resized: bool,
 
 
 def eval_batches(dataset: Dataset, config, split: str) -> Tuple[Iterator[Batch], int]:
-  """Host-local eval batches {'image', 'label', 'mask', 'size'} and their number (the same on
-  every host); 'size' is each image's (height, width) before padding."""
+  """Host-local eval batches {'image', 'label', 'mask', 'size', 'index'} and their number (the
+  same on every host); 'size' is each image's (height, width) before padding, 'index' its
+  place in the split."""
   dataset.check_split(split, 'eval.split')
   source = dataset.builder.as_data_source(split, decoders=_ENCODED)
   n = len(source)
@@ -187,11 +188,12 @@ def eval_batches(dataset: Dataset, config, split: str) -> Tuple[Iterator[Batch],
     index = first + int(k)
     valid = int(k) < per_host and index < n
     example = source[min(index, n - 1)]
-    return example['image'], example['label'], example['name'], valid
+    return (example['image'], example['label'], example['name'], valid,
+            np.int64(min(index, n - 1)))
 
   pad = preprocess.build(eval_spec(config), ignore_label=dataset.ignore_label)
 
-  def process_example(image_bytes, label_bytes, name, valid):
+  def process_example(image_bytes, label_bytes, name, valid, index):
     example = _decode(image_bytes, label_bytes)
     size = tf.shape(example['image'])[:2]
     check = tf.debugging.assert_less_equal(
@@ -200,10 +202,11 @@ def eval_batches(dataset: Dataset, config, split: str) -> Tuple[Iterator[Batch],
     with tf.control_dependencies([check]):
       example = pad(example, tf.constant([0, 0], tf.int64))
     return {'image': example['image'], 'label': example['label'][..., 0], 'mask': valid,
-            'size': tf.cast(size, tf.int32)}
+            'size': tf.cast(size, tf.int32), 'index': tf.cast(index, tf.int32)}
 
   ds = tf.data.Dataset.range(num_batches * local_batch)
-  ds = ds.map(lambda k: tf.numpy_function(fetch, [k], (tf.string, tf.string, tf.string, tf.bool)))
+  ds = ds.map(lambda k: tf.numpy_function(
+      fetch, [k], (tf.string, tf.string, tf.string, tf.bool, tf.int64)))
   ds = ds.map(process_example, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(local_batch).prefetch(2)
 
