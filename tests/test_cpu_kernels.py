@@ -56,6 +56,12 @@ CONV_CASES = [  # (input h, w), kernel, rate, stride, depthwise, padding
     ((9, 11), 1, 1, 2, True, 'atrous'),      # strided depthwise 1 x 1
     ((9, 11), 3, 1, 2, False, 'atrous'),     # strided convs keep every tap
     ((9, 11), 3, 2, 1, False, 'VALID'),
+    ((12, 10), 3, 1, 1, True, 'atrous'),     # depthwise 3 x 3 as a sum of taps ...
+    ((12, 10), 3, 2, 1, True, 'atrous'),     # ... dilated (JPU's, Xception's)
+    ((12, 10), 3, 8, 1, True, 'atrous'),
+    ((13, 10), 3, 1, 2, True, 'atrous'),     # ... strided (MobileNetV2's, Xception's)
+    ((13, 10), 3, 2, 2, True, ((1, 3), (2, 0))),
+    ((12, 10), 5, 1, 1, True, ((0, 0), (0, 0))),
 ]
 
 
@@ -120,6 +126,25 @@ def test_tap_sum_is_exact_where_it_is_chosen():
     got = conv(cpu_kernels.conv_general_dilated)(x, w)
     want = conv(jax.lax.conv_general_dilated)(x, w)
   np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)
+
+
+def test_a_depthwise_conv_is_a_sum_of_taps_in_float32_and_bfloat16():
+  """JPU's depthwise 3 x 3 at rate 4: no convolution left in the program, and the same values
+  as lax's convolution, a bfloat16 input summed in float32 as the convolution accumulates."""
+  x = jax.random.normal(jax.random.key(0), (1, 16, 16, 32))
+  w = jax.random.normal(jax.random.key(1), (3, 3, 1, 32))
+  padding = layers.atrous_padding(3, 4)
+  conv = lambda f: lambda x, w: f(x, w, (1, 1), padding, rhs_dilation=(4, 4),
+                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                  feature_group_count=32)
+  jaxpr = str(jax.make_jaxpr(conv(cpu_kernels.conv_general_dilated))(x, w))
+  assert 'conv_general_dilated' not in jaxpr
+  with jax.default_matmul_precision(HIGHEST):
+    for dtype, rtol in ((jnp.float32, 1e-6), (jnp.bfloat16, 1e-2)):
+      got = conv(cpu_kernels.conv_general_dilated)(x.astype(dtype), w.astype(dtype))
+      want = conv(jax.lax.conv_general_dilated)(x.astype(dtype), w.astype(dtype))
+      assert got.dtype == dtype
+      assert_close(got, want, rtol, str(dtype))
 
 
 def test_materialize_is_exact_and_stops_xla_recomputing_a_residual_stream():
