@@ -2,7 +2,7 @@ r"""FastFCN's claim, side by side: ResNet-50 + JPU + ASPP head against dilated R
 stride 8 + the same head, on one machine in one run.
 
   python benchmarks/jpu.py [--crop=512] [--batch=1] [--train_batch=2] [--steps=5] \
-      [--width=1.0] [--dtype=float32]
+      [--width=1.0] [--dtype=float32] [--depthwise_taps=false]
 
 Both networks are configs/fastfcn_ade20k.py's (150 classes, the deep stem, ASPP at rates 12, 24
 and 36 on stride-8 features, its extra 3x3 conv), without the auxiliary head: `jpu` as the
@@ -34,6 +34,7 @@ from configs import fastfcn_ade20k
 from deeplab_jax import host_memory
 from deeplab_jax import summary
 from deeplab_jax import xla_flags
+from deeplab_jax.models import cpu_kernels
 from deeplab_jax.models import registry
 import train_step
 
@@ -106,6 +107,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   host_memory.configure('auto')  # as deeplab_jax.main does on the CPU
+  cpu_kernels.DEPTHWISE_TAPS = FLAGS.depthwise_taps
   print(json.dumps(compare(FLAGS.crop, FLAGS.batch, FLAGS.train_batch, FLAGS.steps, FLAGS.width,
                            FLAGS.dtype, tuple(int(u) for u in FLAGS.units)), indent=1))
 
@@ -120,4 +122,6 @@ if __name__ == '__main__':
   flags.DEFINE_list('units', [], 'ResNet units per block (empty: ResNet-50\'s 3,4,6,3); '
                     '1,1,1,1 with --width: a quick dry run.')
   flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'model.dtype.')
+  flags.DEFINE_bool('depthwise_taps', True, 'On the CPU, depthwise convs as sums of taps '
+                    '(models/cpu_kernels.py); false: XLA\'s grouped convolution.')
   app.run(main)

@@ -1,6 +1,7 @@
 r"""Where the time of benchmarks/jpu.py's two networks goes: each part timed on its own.
 
-  python benchmarks/jpu_modules.py [--crop=512] [--steps=5] [--width=1.0] [--units=]
+  python benchmarks/jpu_modules.py [--crop=512] [--steps=5] [--width=1.0] [--units=] \
+      [--depthwise_taps=false]
 
 For FastFCN's side (ResNet-50 at output stride 32 + JPU) and the dilated side (ResNet-50 at
 output stride 8), both configs/fastfcn_ade20k.py's as in benchmarks/jpu.py: the backbone, the
@@ -33,6 +34,7 @@ import numpy as np
 from deeplab_jax import host_memory
 from deeplab_jax import xla_flags
 from deeplab_jax.models import layers
+from deeplab_jax.models import cpu_kernels
 from deeplab_jax.models import registry
 import jpu as jpu_benchmark
 
@@ -163,6 +165,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   host_memory.configure('auto')
+  cpu_kernels.DEPTHWISE_TAPS = FLAGS.depthwise_taps
   units = tuple(int(u) for u in FLAGS.units)
   result = {'crop': FLAGS.crop, 'width': FLAGS.width, 'device': jax.devices()[0].device_kind}
   for name, config in jpu_benchmark.configs(FLAGS.crop, 1, FLAGS.width, 'float32',
@@ -177,4 +180,6 @@ if __name__ == '__main__':
   flags.DEFINE_integer('steps', 5, 'Timed runs of each part (after one untimed).')
   flags.DEFINE_float('width', 1.0, 'model.width_multiplier (below 1: a narrow dry run).')
   flags.DEFINE_list('units', [], 'ResNet units per block (empty: ResNet-50\'s).')
+  flags.DEFINE_bool('depthwise_taps', True, 'On the CPU, depthwise convs as sums of taps '
+                    '(models/cpu_kernels.py); false: XLA\'s grouped convolution.')
   app.run(main)

@@ -26,6 +26,10 @@ _ALLOWED = contextvars.ContextVar('cpu_kernels_allowed', default=True)
 _FORCED = contextvars.ContextVar('cpu_kernels_forced', default=False)
 
 
+# Depthwise convs as sums of taps (`_depthwise_taps`); benchmarks turn it off to time XLA's own.
+DEPTHWISE_TAPS = True
+
+
 def _backend() -> str:
   return jax.default_backend()
 
@@ -243,8 +247,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   if (static and feature_group_count == 1 and tuple(window_strides) == (1, 1) and
       lhs.dtype == jnp.float32 and tap_sum_pays(lhs.shape, rhs.shape, padding, rates)):
     return _tap_sum(lhs, rhs, padding, rates, precision)
-  if (static and feature_group_count == lhs.shape[-1] == rhs.shape[-1] and rhs.shape[2] == 1
-      and rhs.shape[:2] != (1, 1)):
+  if (DEPTHWISE_TAPS and static and feature_group_count == lhs.shape[-1] == rhs.shape[-1] and
+      rhs.shape[2] == 1 and rhs.shape[:2] != (1, 1)):
     return _depthwise_taps(lhs, rhs, window_strides, padding, rates)
   if (rhs.shape[:2] != (1, 1) or any(p != (0, 0) for p in padding) or
       (not static and tuple(window_strides) != (1, 1))):
