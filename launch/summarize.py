@@ -160,14 +160,15 @@ def settings_summary(sweep, block: int, resamples: int, seed: int, level: float)
     classes = list(rows[0].get('per_class_iou', {})) if rows else []
     per_class = {c: [r['per_class_iou'][c] for r in rows
                      if r.get('per_class_iou', {}).get(c) is not None] for c in classes}
+    nan = float('nan')
     settings.append({
-        'setting': dict(key), 'runs': len(runs), 'rows': rows, 'workdirs': [r['workdir'] for r in done],
-        'steps': sorted({r['step'] for r in rows}), 'mious': mious,
-        'mean': statistics.fmean(mious) if mious else float('nan'),
-        'sd': statistics.stdev(mious) if len(mious) > 1 else float('nan'),
-        'pixel_accuracy': statistics.fmean(r['pixel_accuracy'] for r in rows) if rows else float('nan'),
-        'per_class': {c: statistics.fmean(v) if v else float('nan') for c, v in per_class.items()},
-        'low': float('nan'), 'high': float('nan')})
+        'setting': dict(key), 'runs': len(runs), 'rows': rows,
+        'workdirs': [r['workdir'] for r in done], 'steps': sorted({r['step'] for r in rows}),
+        'mious': mious, 'mean': statistics.fmean(mious) if mious else nan,
+        'sd': statistics.stdev(mious) if len(mious) > 1 else nan,
+        'pixel_accuracy': statistics.fmean(r['pixel_accuracy'] for r in rows) if rows else nan,
+        'per_class': {c: statistics.fmean(v) if v else nan for c, v in per_class.items()},
+        'low': nan, 'high': nan})
   scored = [s for s in settings if s['rows']]
   counts = per_image_counts(scored)
   pairs = []
@@ -210,7 +211,8 @@ def per_image_counts(settings):
 
 
 def read_counts(path: str):
-  """(index [N], counts [N, 3, K]) of a per-image counts file (deeplab_jax/evaluate.py)."""
+  """(index [N], counts [N, 3, K]) of a per-image counts file: deeplab_jax/evaluate.py's
+  read_per_image_counts, without importing JAX, so that summaries run anywhere."""
   with np.load(path) as data:
     counts = np.zeros(tuple(data['shape']), np.int64)
     counts[tuple(data['nonzero'])] = data['values']
