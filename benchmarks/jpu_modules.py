@@ -52,7 +52,7 @@ def median_seconds(fn, *args, steps: int) -> float:
 
 
 def conv_macs(module, variables, inputs) -> int:
-  """Multiply-adds of the convolutions (and dense layers) in one eval forward pass of
+  """Multiply-adds of the convolutions in one eval forward pass of
   `module`, from the shapes flax's interceptor sees: output pixels x kernel taps x input
   channels per group x output channels."""
   total = [0]

@@ -275,7 +275,8 @@ def write_per_image_counts(workdir: str, result: Dict, index: np.ndarray, per_im
   order = np.argsort(index, kind='stable')
   index, per_image = index[order], per_image[order]
   if len(np.unique(index)) != len(index):
-    raise ValueError(f'evaluation saw images {sorted(set(index[np.diff(index) == 0]))} twice.')
+    twice = sorted(set(index[1:][np.diff(index) == 0].tolist()))
+    raise ValueError(f'evaluation saw images {twice} twice.')
   digest = hashlib.sha1(result['protocol'].encode()).hexdigest()[:10]
   name = f'{PER_IMAGE_DIR}/{result["split"]}_step{result["step"]}_{digest}.npz'
   where = np.nonzero(per_image)

@@ -94,13 +94,17 @@ def holm(p_values: Sequence[float], alpha: float) -> List[Dict]:
 
 def compare(means: Sequence[float], stats: np.ndarray, level: float) -> List[Dict]:
   """For each pair i < j of settings: the difference of their means (i minus j), its
-  bootstrap p-value (twice the smaller tail of the resampled differences about 0), Holm's
+  bootstrap p-value (twice the smaller tail of the resampled differences about 0, as
+  (1 + count) / (1 + resamples)), Holm's
   adjustment over all pairs and the interval at the level of that pair's Holm step."""
   pairs = []
   for i in range(len(means)):
     for j in range(i + 1, len(means)):
       d = stats[:, i] - stats[:, j]
-      p = min(1.0, 2 * min(np.mean(d <= 0), np.mean(d >= 0)))
+      # Each tail counts the observed difference's side as one more resample, so that p is
+      # never 0 from a finite number of resamples.
+      tail = min(np.sum(d <= 0), np.sum(d >= 0))
+      p = min(1.0, 2 * (1 + tail) / (1 + len(d)))
       pairs.append({'a': i, 'b': j, 'difference': means[i] - means[j], 'p': float(p), 'd': d})
   for pair, test in zip(pairs, holm([p['p'] for p in pairs], 1 - level)):
     pair.update(test)

@@ -170,7 +170,14 @@ def settings_summary(sweep, block: int, resamples: int, seed: int, level: float)
         'per_class': {c: statistics.fmean(v) if v else nan for c, v in per_class.items()},
         'low': nan, 'high': nan})
   scored = [s for s in settings if s['rows']]
+  for s in scored:
+    if len(s['steps']) > 1:
+      print(f'note: {_setting_label(s["setting"])} pools runs last evaluated at steps '
+            f'{s["steps"]}: some have not finished.', file=sys.stderr)
   counts = per_image_counts(scored)
+  if counts is not None and block >= counts[0].shape[1]:
+    print(f'note: --block={block} covers all {counts[0].shape[1]} images: the intervals '
+          'resample seeds only.', file=sys.stderr)
   pairs = []
   if counts is not None:
     stats = bootstrap.resample_statistics(counts, block, resamples, seed)
@@ -223,10 +230,14 @@ def _setting_label(setting) -> str:
   return ', '.join(f'{k.split(".")[-1]}={v}' for k, v in setting.items()) or 'all runs'
 
 
-def table(settings, split: str) -> str:
+def _percent(level: float) -> str:
+  return f'{100 * level:g} %'
+
+
+def table(settings, split: str, level: float = 0.95) -> str:
   fields = list(settings[0]['setting']) if settings else []
   lines = ['| ' + ' | '.join(fields + [
-      'seeds', 'step', f'{split or "eval"} mIoU mean', 'sd', '95 % interval',
+      'seeds', 'step', f'{split or "eval"} mIoU mean', 'sd', f'{_percent(level)} interval',
       'pixel accuracy']) + ' |', '|' + '---|' * (len(fields) + 6)]
   for s in settings:
     cells = [s['setting'][f] for f in fields]
@@ -254,10 +265,11 @@ def class_table(settings) -> str:
   return '\n'.join(lines)
 
 
-def pairs_table(pairs) -> str:
+def pairs_table(pairs, level: float = 0.95) -> str:
   if not pairs:
     return ''
-  lines = ['| a | b | a - b | interval (Holm level) | p | p (Holm) | real at 95 % |',
+  lines = ['| a | b | a - b | interval (Holm level) | p | p (Holm) | '
+           f'real at {_percent(level)} |',
            '|---|---|---|---|---|---|---|']
   for p in pairs:
     lines.append(
@@ -290,7 +302,7 @@ def write_csv(settings, pairs, path: str, pairs_path: str) -> None:
                     p['real']])
 
 
-def plot(settings, title: str, split: str, path: str):
+def plot(settings, title: str, split: str, path: str, level: float = 0.95):
   done = [s for s in settings if s['rows']]
   fig, ax = plt.subplots(figsize=(max(4, 1.6 * len(done)), 3.5))
   x = np.arange(len(done))
@@ -301,7 +313,7 @@ def plot(settings, title: str, split: str, path: str):
     low = np.array([done[i]['low'] for i in have])
     high = np.array([done[i]['high'] for i in have])
     ax.errorbar(x[have], means[have], yerr=[means[have] - low, high - means[have]], fmt='none',
-                ecolor='black', capsize=4, label='95 % bootstrap interval')
+                ecolor='black', capsize=4, label=f'{_percent(level)} bootstrap interval')
   for i, s in enumerate(done):
     ax.plot([i] * len(s['mious']), s['mious'], 'o', color='tab:red', markersize=3,
             label='one seed' if i == 0 else None)
@@ -363,7 +375,8 @@ def main(argv=None) -> int:
   settings, pairs = settings_summary(sweep, args.block, args.resamples, args.bootstrap_seed,
                                      args.level)
   split = args.split or next((s['rows'][0]['split'] for s in settings if s['rows']), '')
-  blocks = [table(settings, split), class_table(settings), pairs_table(pairs)]
+  blocks = [table(settings, split, args.level), class_table(settings),
+            pairs_table(pairs, args.level)]
   if pairs or any(not math.isnan(s['low']) for s in settings):
     blocks.append(bootstrap.WHAT_IT_COVERS.format(
         resamples=args.resamples, seed=args.bootstrap_seed, block=args.block,
@@ -375,7 +388,7 @@ def main(argv=None) -> int:
             os.path.join(args.sweep, 'pairs.csv'))
   if any(s['rows'] for s in settings):
     plot(settings, os.path.basename(sweep['config']), split,
-         os.path.join(args.sweep, 'results.png'))
+         os.path.join(args.sweep, 'results.png'), args.level)
   print(text)
   return 0
 

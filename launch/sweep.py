@@ -56,6 +56,11 @@ def plan(config: str, workdir: str, grids, extra):
                f'--workdir={run_dir}', *[f'--config.{f}={v}' for f, v in setting], *extra]
     runs.append({'name': run_name(setting), 'setting': dict(setting), 'workdir': run_dir,
                  'command': command})
+  names = [r['name'] for r in runs]
+  if len(set(names)) != len(names):  # two runs in one workdir would resume each other
+    twice = sorted({n for n in names if names.count(n) > 1})
+    raise SystemExit(f'error: settings that differ share the workdir names {twice}: make the '
+                     'values differ in letters or digits.')
   return runs
 
 

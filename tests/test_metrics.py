@@ -73,3 +73,16 @@ def test_per_image_counts_match_numpy_and_add_up_to_the_split():
   expected, _, _ = numpy_miou(np.where(labels < 0, 255, labels), predictions, k, 255)
   assert metrics.miou_from_counts(counts) == pytest.approx(expected)
   assert metrics.miou_from_counts(counts[[0, 1, 3]]) == pytest.approx(expected)
+
+
+def test_per_image_counts_refuse_an_image_seen_twice(tmp_path):
+  from deeplab_jax import evaluate  # pylint: disable=g-import-not-at-top
+  row = {'step': 1, 'split': 'val', 'protocol': 'p'}
+  counts = np.ones((3, 3, 2), np.int64)
+  with pytest.raises(ValueError, match=r'saw images \[4\] twice'):
+    evaluate.write_per_image_counts(str(tmp_path), row, np.array([4, 0, 4]), counts, 'ab')
+  counts = counts * np.arange(1, 4)[None, :, None]
+  name = evaluate.write_per_image_counts(str(tmp_path), row, np.array([2, 0, 1]), counts, 'ab')
+  index, back = evaluate.read_per_image_counts(str(tmp_path), {'per_image_counts': name})
+  np.testing.assert_array_equal(index, [0, 1, 2])
+  np.testing.assert_array_equal(back, counts)

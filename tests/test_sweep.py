@@ -111,7 +111,7 @@ def test_a_real_sweep_with_seeds_ends_in_tables_intervals_and_a_plot(tmp_path, c
     assert f'| {means[k]:.4f} | ' in lines[2 + k]
     assert f' | {low:.4f} - {high:.4f} | ' in lines[2 + k]
   d = stats[:, 0] - stats[:, 1]
-  p = min(1.0, 2 * min(np.mean(d <= 0), np.mean(d >= 0)))
+  p = min(1.0, 2 * (1 + min(np.sum(d <= 0), np.sum(d >= 0))) / (1 + len(d)))
   pair = next(l for l in lines if l.startswith('| atrous_rates=(1,1,1) | atrous_rates=(2,4,6)'))
   assert (f'| {means[0] - means[1]:+.4f} | {percentile(d, 0.025):+.4f} - '
           f'{percentile(d, 0.975):+.4f} (95.0 %) | {p:.4f} | {p:.4f} |') in pair
@@ -130,6 +130,11 @@ def test_a_real_sweep_with_seeds_ends_in_tables_intervals_and_a_plot(tmp_path, c
       cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout.splitlines()
   assert len(printed) == 6 and printed[5].endswith('--config.model.output_stride=16 '
                                                    '--config.seed=2')
+
+
+def test_settings_that_share_a_workdir_name_are_refused(tmp_path):
+  with pytest.raises(SystemExit, match="share the workdir names \\['seed-1'\\]"):
+    sweep.plan('configs/quickstart.py', str(tmp_path), [('seed', ['-1', '1'])], [])
 
 
 def test_holm_steps_down_and_stops_at_the_first_kept_hypothesis():
@@ -180,7 +185,7 @@ def test_intervals_of_three_settings_against_a_plain_computation(tmp_path, capsy
   ps = []
   for a, b in pairs:
     d = stats[:, a] - stats[:, b]
-    ps.append(min(1.0, 2 * min(np.mean(d <= 0), np.mean(d >= 0))))
+    ps.append(min(1.0, 2 * (1 + min(np.sum(d <= 0), np.sum(d >= 0))) / (1 + len(d))))
   order = np.argsort(ps, kind='stable')
   adjusted, verdict, running, going = [0.0] * 3, [False] * 3, 0.0, True
   for rank, i in enumerate(order):
