@@ -8,8 +8,6 @@ batch is padded at the bottom to sharding.padded_height: the padded rows carry t
 label, so they count in no metric.
 """
 
-import hashlib
-import io
 import json
 import os
 import uuid
@@ -24,6 +22,7 @@ from jax.experimental import multihost_utils
 
 from deeplab_jax import inference
 from deeplab_jax import metrics
+from deeplab_jax import per_image_counts as per_image_file
 from deeplab_jax import sharding
 from deeplab_jax.errors import UserError
 from deeplab_jax.postprocess import dense_crf
@@ -31,7 +30,6 @@ from deeplab_jax.postprocess import dense_crf
 EVALS_FILE = 'evals.jsonl'
 EVAL_MODES = ('whole', 'sliding')
 PER_IMAGE = ('per_image', 'index', 'valid')  # counts' fields of one image each, not sums
-PER_IMAGE_DIR = 'per_image'
 
 
 def eval_variables(state, config):
@@ -254,7 +252,7 @@ def evaluate(config, state, eval_step, dataset, mesh, writer, workdir: str, step
     result[f'per_class_boundary_f_{radius}px'] = scores['per_class_boundary_f']
     scalars[f'{split}/boundary_f_{radius}px'] = scores['boundary_f']
   if per_image and jax.process_index() == 0:
-    result['per_image_counts'] = write_per_image_counts(
+    result['per_image_counts'] = per_image_file.write(
         workdir, result, np.concatenate(indices), np.concatenate(per_image), dataset.class_names)
   writer.write_scalars(step, scalars)
   if images_to_write is not None and len(images_to_write):
@@ -262,44 +260,6 @@ def evaluate(config, state, eval_step, dataset, mesh, writer, workdir: str, step
   if jax.process_index() == 0:
     append_evaluation(workdir, result)
   return result
-
-
-def write_per_image_counts(workdir: str, result: Dict, index: np.ndarray, per_image: np.ndarray,
-                           class_names) -> str:
-  """Writes an evaluation's per-image counts (metrics.per_image_counts, in the split's order)
-  to WORKDIR/per_image/ and returns the file's path relative to WORKDIR.
-
-  They let launch/summarize.py resample images (bootstrap intervals over images and seeds).
-  Compact: the sparse nonzero counts as uint32 in a compressed .npz (about 10 kB a split for
-  CamVid; ADE20K's 2,000 images x 150 classes are mostly zeros)."""
-  order = np.argsort(index, kind='stable')
-  index, per_image = index[order], per_image[order]
-  if len(np.unique(index)) != len(index):
-    twice = sorted(set(index[1:][np.diff(index) == 0].tolist()))
-    raise ValueError(f'evaluation saw images {twice} twice.')
-  digest = hashlib.sha1(result['protocol'].encode()).hexdigest()[:10]
-  name = f'{PER_IMAGE_DIR}/{result["split"]}_step{result["step"]}_{digest}.npz'
-  where = np.nonzero(per_image)
-  buffer = io.BytesIO()
-  np.savez_compressed(
-      buffer, index=index.astype(np.int32), shape=np.asarray(per_image.shape, np.int64),
-      nonzero=np.stack(where).astype(np.int32), values=per_image[where].astype(np.uint32),
-      class_names=np.asarray(list(class_names)), protocol=np.asarray(result['protocol']))
-  path = epath.Path(workdir) / name
-  path.parent.mkdir(parents=True, exist_ok=True)
-  temp = path.parent / f'.{path.name}.{uuid.uuid4().hex}.tmp'
-  temp.write_bytes(buffer.getvalue())
-  temp.replace(path)
-  return name
-
-
-def read_per_image_counts(workdir: str, row: Dict) -> Tuple[np.ndarray, np.ndarray]:
-  """(index [N], counts [N, 3, K] int64) of an evals.jsonl row written with per-image counts."""
-  with (epath.Path(workdir) / row['per_image_counts']).open('rb') as f:
-    data = np.load(io.BytesIO(f.read()))
-    counts = np.zeros(tuple(data['shape']), np.int64)
-    counts[tuple(data['nonzero'])] = data['values']
-    return data['index'].astype(np.int64), counts
 
 
 def _local_rows(predictions, mesh) -> np.ndarray:

@@ -39,15 +39,6 @@ def per_image_counts(labels: jax.Array, predictions: jax.Array, num_classes: int
   return jnp.stack([truth, predicted, both], 0).reshape(3, b, num_classes).transpose(1, 0, 2)
 
 
-def miou_from_counts(counts: np.ndarray) -> float:
-  """mIoU of per_image_counts [N, 3, K] added over their images, as `summarize` gives it from
-  the confusion matrix (classes with an empty union left out)."""
-  truth, predicted, both = np.asarray(counts, np.int64).sum(0)
-  union = truth + predicted - both
-  with np.errstate(invalid='ignore', divide='ignore'):
-    return float(np.nanmean(np.where(union > 0, both / union, np.nan)))
-
-
 def summarize(confusion: np.ndarray, class_names: Sequence[str]) -> Dict:
   """mIoU over classes present in the ground truth or predictions, per-class IoU, pixel accuracy.
 

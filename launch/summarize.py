@@ -39,8 +39,11 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
-import bootstrap  # pylint: disable=g-import-not-at-top
-from sweep import SEED  # pylint: disable=g-import-not-at-top
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import bootstrap  # pylint: disable=g-import-not-at-top,wrong-import-position
+from deeplab_jax import per_image_counts as per_image_counts_file  # pylint: disable=g-import-not-at-top
+from sweep import SEED  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def evaluations(workdir: str):
@@ -200,7 +203,7 @@ def per_image_counts(settings):
         print(f'note: {workdir} kept no per-image counts (step {row["step"]}): no intervals.',
               file=sys.stderr)
         return None
-      index, counts = read_counts(os.path.join(workdir, row['per_image_counts']))
+      index, counts = per_image_counts_file.read(workdir, row)
       if first is None:
         first = index
       if not np.array_equal(index, first):
@@ -215,15 +218,6 @@ def per_image_counts(settings):
       runs.append(counts)
     out.append(np.stack(runs))
   return out if out else None
-
-
-def read_counts(path: str):
-  """(index [N], counts [N, 3, K]) of a per-image counts file: deeplab_jax/evaluate.py's
-  read_per_image_counts, without importing JAX, so that summaries run anywhere."""
-  with np.load(path) as data:
-    counts = np.zeros(tuple(data['shape']), np.int64)
-    counts[tuple(data['nonzero'])] = data['values']
-    return data['index'], counts
 
 
 def _setting_label(setting) -> str:

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from deeplab_jax import evaluate
+from deeplab_jax import per_image_counts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -52,7 +52,7 @@ def test_two_processes_agree_with_one(tmp_path, cache_dir, subprocess_env):
   # Each image's counts, gathered from both processes, in the split's order (both processes
   # take their own share of the split), add up to the confusion matrix.
   row = json.loads(evals_many.splitlines()[-1])
-  index, counts = evaluate.read_per_image_counts(str(workdir), row)
+  index, counts = per_image_counts.read(str(workdir), row)
   confusion = np.asarray(row['confusion'])
   np.testing.assert_array_equal(index, np.arange(200))
   np.testing.assert_array_equal(counts.sum(0), [confusion.sum(1), confusion.sum(0),

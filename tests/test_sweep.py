@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from deeplab_jax import evaluate
+from deeplab_jax import per_image_counts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'launch'))
@@ -164,7 +164,7 @@ def test_intervals_of_three_settings_against_a_plain_computation(tmp_path, capsy
       row = {'step': 9, 'split': 'dev', 'protocol': 'p', 'pixel_accuracy': 0.5,
              'miou': float(bootstrap.miou(*c.sum(0))),
              'per_class_iou': {n: 0.5 for n in 'abcd'}}
-      row['per_image_counts'] = evaluate.write_per_image_counts(
+      row['per_image_counts'] = per_image_counts.write(
           str(workdir), row, np.arange(23), c, list('abcd'))
       with open(workdir / 'evals.jsonl', 'w') as f:
         f.write(json.dumps(row) + '\n')

@@ -18,9 +18,8 @@ import pytest
 
 from configs import quickstart
 from deeplab_jax import data
-from deeplab_jax import evaluate as evaluate_lib
-from deeplab_jax import metrics
 from deeplab_jax import optim
+from deeplab_jax import per_image_counts
 from deeplab_jax import sharding
 from deeplab_jax import steps
 from deeplab_jax import train
@@ -29,6 +28,8 @@ from deeplab_jax.errors import UserError
 from deeplab_jax.models import registry
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'launch'))
+import bootstrap  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def smoke_config(cache_dir, **train_changes):
@@ -152,12 +153,12 @@ def test_per_image_counts_are_the_splits_images_in_order(tmp_path, cache_dir, tw
     config.eval.crf.iterations = 1
     row = train.evaluate_checkpoint(config, workdir)
     assert row['per_image_counts'].startswith('per_image/val_step2_')
-    index, counts = evaluate_lib.read_per_image_counts(workdir, row)
+    index, counts = per_image_counts.read(workdir, row)
     confusion = np.asarray(row['confusion'])
     np.testing.assert_array_equal(index, np.arange(len(index)))
     np.testing.assert_array_equal(counts.sum(0), [confusion.sum(1), confusion.sum(0),
                                                   np.diag(confusion)])
-    assert metrics.miou_from_counts(counts) == pytest.approx(row['miou'])
+    assert bootstrap.miou(*counts.sum(0)) == pytest.approx(row['miou'])
   lines = [json.loads(l) for l in open(os.path.join(workdir, 'evals.jsonl'))]
   assert len({l['per_image_counts'] for l in lines if 'per_image_counts' in l}) == 2
   assert len(index) == 200
